@@ -1,0 +1,32 @@
+# Each target below is the whole set-up on a fresh machine: it creates or updates .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: demo test test-all lint bench install clean
+
+# Re-install whenever pyproject.toml changes (the stamp is older than it).
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install -e ".[dev]"
+	touch $(INSTALLED)
+
+install: $(INSTALLED)
+
+demo: $(INSTALLED)
+	$(PY) examples/lr_table.py
+
+test: $(INSTALLED)
+	$(PY) -m pytest -q
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: $(INSTALLED)
+	$(PY) benchmarks/bench_param_groups.py
+
+clean:
+	rm -rf $(VENV) lightning_logs logs .pytest_cache .ruff_cache

@@ -1,0 +1,45 @@
+"""Named parameter groups with one learning-rate schedule per group.
+
+* :class:`ParamGroup` describes a group: name, patterns on parameter names, optimizer options,
+  schedule, warm-up, interval and gradient-clipping norm.
+* :func:`build_param_groups` assigns every trainable parameter to exactly one group.
+* :class:`GroupLRScheduler` runs any torch scheduler on one group only, exactly.
+* :func:`configure_grouped_optimizers` returns what Lightning's ``configure_optimizers`` expects;
+  :func:`clip_grad_norm_per_group` clips each group to its own norm.
+"""
+
+from mslightning.optim.groups import (
+    NO_DECAY_SUFFIX,
+    ParamGroup,
+    SchedulerSpec,
+    build_param_groups,
+    group_name_of,
+    is_no_decay_parameter,
+)
+from mslightning.optim.lightning import (
+    OptimizerFactory,
+    clip_grad_norm_per_group,
+    configure_grouped_optimizers,
+    forbid_replaced_configure_optimizers,
+)
+from mslightning.optim.patterns import Patterns, matches_any, select_names
+from mslightning.optim.schedule import GroupLRScheduler, check_group_names, guard_group_names_on_load
+
+__all__ = [
+    "NO_DECAY_SUFFIX",
+    "GroupLRScheduler",
+    "OptimizerFactory",
+    "ParamGroup",
+    "Patterns",
+    "SchedulerSpec",
+    "build_param_groups",
+    "check_group_names",
+    "clip_grad_norm_per_group",
+    "configure_grouped_optimizers",
+    "forbid_replaced_configure_optimizers",
+    "group_name_of",
+    "guard_group_names_on_load",
+    "is_no_decay_parameter",
+    "matches_any",
+    "select_names",
+]
