@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test test-all lint bench install clean
+.PHONY: demo demo-groups test lint bench install clean
 
 # Re-install whenever pyproject.toml changes (the stamp is older than it).
 $(INSTALLED): pyproject.toml
@@ -15,6 +15,9 @@ $(INSTALLED): pyproject.toml
 
 install: $(INSTALLED)
 
+demo-groups: $(INSTALLED)
+	$(PY) examples/lr_table.py
+
 demo: $(INSTALLED)
 	$(PY) examples/lr_table.py
 
@@ -23,10 +26,9 @@ test: $(INSTALLED)
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
 
 bench: $(INSTALLED)
-	$(PY) benchmarks/bench_param_groups.py
+	for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) lightning_logs logs .pytest_cache .ruff_cache

@@ -55,8 +55,7 @@ class MSLightningCLI(LightningCLI):
         for logger in self.trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 rank_zero_info(
-                    f"\nTensorBoard logs: {logger.log_dir}\n"
-                    f"  open them with:  tensorboard --logdir {logger.root_dir}\n"
+                    f"\nTensorBoard logs: {logger.log_dir}\n  open them with:  tensorboard --logdir {logger.root_dir}\n"
                 )
         checkpoint = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
         if checkpoint:

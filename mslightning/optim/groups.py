@@ -113,8 +113,7 @@ class ParamGroup:
         reserved = {"params", "lr", "weight_decay", *GROUP_KEYS} & set(self.options)
         if reserved:
             raise ValueError(
-                f"Group {self.name!r}: set {sorted(reserved)} through the group's own fields, "
-                "not through options."
+                f"Group {self.name!r}: set {sorted(reserved)} through the group's own fields, not through options."
             )
         if self.interval not in ("step", "epoch"):
             raise ValueError(f"Group {self.name!r}: interval must be 'step' or 'epoch', got {self.interval!r}.")
@@ -177,8 +176,7 @@ def _assign(
     catch_alls = [group.name for group in groups if group.is_catch_all]
     if len(catch_alls) > 1:
         raise ValueError(
-            f"At most one group may omit `params` (the catch-all); got {catch_alls}. "
-            "Give all but one of them patterns."
+            f"At most one group may omit `params` (the catch-all); got {catch_alls}. Give all but one of them patterns."
         )
 
     owner: dict[str, str] = {}
@@ -199,8 +197,7 @@ def _assign(
                 else f"trainable parameters include {describe_names(trainable_names)}"
             )
             raise ValueError(
-                f"Parameter group {group.name!r} with patterns {group.params} matches no trainable "
-                f"parameter; {detail}."
+                f"Parameter group {group.name!r} with patterns {group.params} matches no trainable parameter; {detail}."
             )
         for name in matched:
             if name in owner:

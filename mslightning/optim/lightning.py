@@ -55,9 +55,7 @@ def configure_grouped_optimizers(
         ValueError: For bad groups (see :func:`~mslightning.optim.build_param_groups`), a
             ``ReduceLROnPlateau`` group without ``monitor``, or a factory that rejects groups.
     """
-    param_groups = build_param_groups(
-        module, groups, no_weight_decay_on_norm_and_bias=no_weight_decay_on_norm_and_bias
-    )
+    param_groups = build_param_groups(module, groups, no_weight_decay_on_norm_and_bias=no_weight_decay_on_norm_and_bias)
     opt = optimizer(param_groups)
     if len(opt.param_groups) != len(param_groups) or any(
         pg.get("name") != spec["name"] for pg, spec in zip(opt.param_groups, param_groups, strict=False)
@@ -100,7 +98,9 @@ def configure_grouped_optimizers(
                 )
             config.update(reduce_on_plateau=True, monitor=spec.monitor)
         elif spec.monitor is not None:
-            raise ValueError(f"Group {spec.name!r} sets monitor={spec.monitor!r} but its scheduler is not ReduceLROnPlateau.")
+            raise ValueError(
+                f"Group {spec.name!r} sets monitor={spec.monitor!r} but its scheduler is not ReduceLROnPlateau."
+            )
         scheduler_configs.append(config)
     if not scheduler_configs:
         return {"optimizer": opt}

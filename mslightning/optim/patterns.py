@@ -1,4 +1,4 @@
-"""The pattern language that selects parameters by their ``named_parameters()`` names.
+r"""The pattern language that selects parameters by their ``named_parameters()`` names.
 
 A pattern is one of
 

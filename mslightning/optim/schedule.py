@@ -32,7 +32,7 @@ class _ProbeOptimizer(Optimizer):
     def __init__(self, hyper: dict[str, Any], defaults: dict[str, Any]) -> None:
         super().__init__([{"params": [torch.zeros(0, requires_grad=True)], **hyper}], dict(defaults))
 
-    def step(self, closure: Any = None) -> None:  # noqa: D102 - nothing to update
+    def step(self, closure: Any = None) -> None:
         return None
 
 

@@ -38,27 +38,41 @@ def test_pattern_language():
 def test_stream_recipe_in_two_lines():
     """The predecessor's stream1_lr / stream2_lr / *_weight_decay recipe over a base lr / wd."""
     model = TwoStream()
-    groups = [ParamGroup("rgb", "rgb_encoder.*", lr=5e-4, weight_decay=1e-3),
-              ParamGroup("depth", "depth_encoder.*", lr=5e-5, weight_decay=5e-2), ParamGroup("shared")]
+    groups = [
+        ParamGroup("rgb", "rgb_encoder.*", lr=5e-4, weight_decay=1e-3),
+        ParamGroup("depth", "depth_encoder.*", lr=5e-5, weight_decay=5e-2),
+        ParamGroup("shared"),
+    ]
     out = configure_grouped_optimizers(model, partial(torch.optim.AdamW, lr=1e-4, weight_decay=2e-2), groups)
     optimizer = out["optimizer"]
     got = {pg["name"]: (pg["lr"], pg["weight_decay"]) for pg in optimizer.param_groups}
     assert got == {"rgb": (5e-4, 1e-3), "depth": (5e-5, 5e-2), "shared": (1e-4, 2e-2)}
-    assert names_of(optimizer.param_groups, model)["shared"] == ["fusion.weight", "fusion.bias", "head.weight", "head.bias"]
+    assert names_of(optimizer.param_groups, model)["shared"] == [
+        "fusion.weight",
+        "fusion.bias",
+        "head.weight",
+        "head.bias",
+    ]
 
 
 def test_backbone_1x_head_10x():
     model = TwoStream()
     groups = [ParamGroup("backbone", "*_encoder.*"), ParamGroup("head", ["fusion.*", "head.*"], lr_scale=10)]
-    optimizer = configure_grouped_optimizers(model, partial(torch.optim.SGD, lr=0.01, momentum=0.9), groups)["optimizer"]
+    optimizer = configure_grouped_optimizers(model, partial(torch.optim.SGD, lr=0.01, momentum=0.9), groups)[
+        "optimizer"
+    ]
     assert [(pg["name"], pg["lr"], pg["momentum"]) for pg in optimizer.param_groups] == [
-        ("backbone", 0.01, 0.9), ("head", pytest.approx(0.1), 0.9)]
+        ("backbone", 0.01, 0.9),
+        ("head", pytest.approx(0.1), 0.9),
+    ]
 
 
 def test_every_trainable_parameter_in_exactly_one_group_and_frozen_skipped():
     model = TwoStream()
     model.depth_encoder[1].weight.requires_grad_(False)
-    param_groups = build_param_groups(model, [ParamGroup("rgb", "rgb_*"), ParamGroup("depth", "depth_*"), ParamGroup("rest")])
+    param_groups = build_param_groups(
+        model, [ParamGroup("rgb", "rgb_*"), ParamGroup("depth", "depth_*"), ParamGroup("rest")]
+    )
     grouped = [id(p) for pg in param_groups for p in pg["params"]]
     trainable = [id(p) for p in model.parameters() if p.requires_grad]
     assert sorted(grouped) == sorted(trainable) and len(grouped) == len(set(grouped))
@@ -67,7 +81,9 @@ def test_every_trainable_parameter_in_exactly_one_group_and_frozen_skipped():
 
 def test_overlap_names_parameter_and_both_groups():
     with pytest.raises(ValueError) as err:
-        build_param_groups(TwoStream(), [ParamGroup("a", "rgb_encoder.*"), ParamGroup("b", "*.0.weight"), ParamGroup("rest")])
+        build_param_groups(
+            TwoStream(), [ParamGroup("a", "rgb_encoder.*"), ParamGroup("b", "*.0.weight"), ParamGroup("rest")]
+        )
     message = str(err.value)
     assert "'rgb_encoder.0.weight'" in message and "'a'" in message and "'b'" in message
     assert "rgb_encoder.*" in message and "*.0.weight" in message
@@ -129,16 +145,22 @@ def test_param_group_validation(kwargs, match):
 
 def test_factory_that_drops_groups_is_refused():
     with pytest.raises(ValueError, match="did not keep the named param groups"):
-        configure_grouped_optimizers(TwoStream(), lambda groups: torch.optim.SGD(TwoStream().parameters(), lr=0.1), [ParamGroup("all")])
+        configure_grouped_optimizers(
+            TwoStream(), lambda groups: torch.optim.SGD(TwoStream().parameters(), lr=0.1), [ParamGroup("all")]
+        )
 
 
 def test_per_group_clipping_matches_torch_on_each_group_alone():
     torch.manual_seed(0)
     model = TwoStream()
-    groups = [ParamGroup("rgb", "rgb_encoder.*", max_grad_norm=5.0), ParamGroup("depth", "depth_encoder.*"),
-              ParamGroup("fusion", ["fusion.*", "head.*"], max_grad_norm=1.0)]
-    optimizer = configure_grouped_optimizers(model, partial(torch.optim.SGD, lr=0.1), groups,
-                                             no_weight_decay_on_norm_and_bias=True)["optimizer"]
+    groups = [
+        ParamGroup("rgb", "rgb_encoder.*", max_grad_norm=5.0),
+        ParamGroup("depth", "depth_encoder.*"),
+        ParamGroup("fusion", ["fusion.*", "head.*"], max_grad_norm=1.0),
+    ]
+    optimizer = configure_grouped_optimizers(
+        model, partial(torch.optim.SGD, lr=0.1), groups, no_weight_decay_on_norm_and_bias=True
+    )["optimizer"]
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 10
     expected = {}
@@ -151,7 +173,11 @@ def test_per_group_clipping_matches_torch_on_each_group_alone():
     assert set(norms) == {"rgb", "fusion"}
     for name, prefixes, max_norm in [("rgb", ("rgb_encoder",), 5.0), ("fusion", ("fusion", "head"), 1.0)]:
         torch.testing.assert_close(norms[name], expected[name])
-        after = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for n, p in model.named_parameters() if n.startswith(prefixes)]))
+        after = torch.linalg.vector_norm(
+            torch.stack(
+                [torch.linalg.vector_norm(p.grad) for n, p in model.named_parameters() if n.startswith(prefixes)]
+            )
+        )
         torch.testing.assert_close(after, torch.tensor(max_norm), rtol=1e-4, atol=0)
     for before, p in zip(depth_before, model.depth_encoder.parameters(), strict=True):
         assert torch.equal(before, p.grad)

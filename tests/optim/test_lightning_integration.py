@@ -1,7 +1,6 @@
 """Per-group schedules inside a real Trainer: LearningRateMonitor keys, resume, clipping, CLI."""
 
 from functools import partial
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,8 +8,8 @@ import yaml
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch.optim.lr_scheduler import CosineAnnealingLR, CosineAnnealingWarmRestarts, ReduceLROnPlateau, StepLR
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.optim.lr_scheduler import CosineAnnealingLR, CosineAnnealingWarmRestarts, ReduceLROnPlateau, StepLR
 
 from mslightning.cli import MSLightningCLI, main
 from mslightning.demos import TinyStreamsDataModule, TinyStreamsModel
@@ -20,20 +19,45 @@ BATCHES_PER_EPOCH = 4  # 64 train samples / batch 16
 
 
 def trainer(tmp_path, **kwargs):
-    defaults = dict(default_root_dir=tmp_path, accelerator="cpu", devices=1, enable_progress_bar=False,
-                    enable_model_summary=False, logger=False, enable_checkpointing=False, num_sanity_val_steps=0)
+    defaults = dict(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )
     defaults.update(kwargs)
     return Trainer(**defaults)
 
 
 def groups():
     return [
-        ParamGroup("rgb", ["encoders.rgb.*", "aux_heads.rgb.*"], lr=0.05,
-                   scheduler=partial(CosineAnnealingWarmRestarts, T_0=3, T_mult=2), interval="step"),
-        ParamGroup("depth", ["encoders.depth.*", "aux_heads.depth.*"], lr=0.02,
-                   scheduler=partial(StepLR, step_size=1, gamma=0.7), interval="epoch"),
-        ParamGroup("head", lr=0.01, warmup=5, warmup_start_factor=0.2,
-                   scheduler=partial(CosineAnnealingLR, T_max=20), interval="step", max_grad_norm=0.5),
+        ParamGroup(
+            "rgb",
+            ["encoders.rgb.*", "aux_heads.rgb.*"],
+            lr=0.05,
+            scheduler=partial(CosineAnnealingWarmRestarts, T_0=3, T_mult=2),
+            interval="step",
+        ),
+        ParamGroup(
+            "depth",
+            ["encoders.depth.*", "aux_heads.depth.*"],
+            lr=0.02,
+            scheduler=partial(StepLR, step_size=1, gamma=0.7),
+            interval="epoch",
+        ),
+        ParamGroup(
+            "head",
+            lr=0.01,
+            warmup=5,
+            warmup_start_factor=0.2,
+            scheduler=partial(CosineAnnealingLR, T_max=20),
+            interval="step",
+            max_grad_norm=0.5,
+        ),
     ]
 
 
@@ -72,8 +96,13 @@ def test_learning_rate_monitor_keys_and_values_from_event_files(tmp_path):
     logger = TensorBoardLogger(tmp_path, name="run", version=0)
     model = TinyStreamsModel(optimizer=partial(torch.optim.SGD, lr=0.1), param_groups=groups())
     recorder = RecordLR()
-    trainer(tmp_path, max_epochs=3, logger=logger, log_every_n_steps=1,
-            callbacks=[LearningRateMonitor(logging_interval="step"), recorder]).fit(model, TinyStreamsDataModule())
+    trainer(
+        tmp_path,
+        max_epochs=3,
+        logger=logger,
+        log_every_n_steps=1,
+        callbacks=[LearningRateMonitor(logging_interval="step"), recorder],
+    ).fit(model, TinyStreamsDataModule())
     events = EventAccumulator(logger.log_dir)
     events.Reload()
     lr_tags = sorted(tag for tag in events.Tags()["scalars"] if tag.startswith("lr-"))
@@ -96,8 +125,13 @@ def test_plateau_per_group_in_trainer(tmp_path):
     plateau = partial(ReduceLROnPlateau, mode="max", factor=0.1, patience=0)  # "max" on a loss: always reduces
     param_groups = [
         ParamGroup("rgb", ["encoders.rgb.*", "aux_heads.rgb.*"], lr=0.01, scheduler=plateau, monitor="val/rgb/loss"),
-        ParamGroup("depth", ["encoders.depth.*", "aux_heads.depth.*"], lr=0.01,
-                   scheduler=partial(ReduceLROnPlateau, mode="min", factor=0.1, patience=100), monitor="val/depth/loss"),
+        ParamGroup(
+            "depth",
+            ["encoders.depth.*", "aux_heads.depth.*"],
+            lr=0.01,
+            scheduler=partial(ReduceLROnPlateau, mode="min", factor=0.1, patience=100),
+            monitor="val/depth/loss",
+        ),
         ParamGroup("head", lr=0.01),
     ]
     model = TinyStreamsModel(optimizer=partial(torch.optim.SGD, lr=0.01), param_groups=param_groups)
@@ -105,13 +139,16 @@ def test_plateau_per_group_in_trainer(tmp_path):
     fit.fit(model, TinyStreamsDataModule())
     lrs = {pg["name"]: pg["lr"] for pg in fit.optimizers[0].param_groups}
     assert lrs["depth"] == lrs["head"] == 0.01
-    assert lrs["rgb"] < 0.01 * 0.1 ** 1.5  # reduced at least twice
+    assert lrs["rgb"] < 0.01 * 0.1**1.5  # reduced at least twice
 
 
 def run_fit(tmp_path, max_epochs, ckpt_path=None, callbacks=(), param_groups=None):
     seed_everything(0)
-    model = TinyStreamsModel(optimizer=partial(torch.optim.AdamW, lr=0.01),
-                             param_groups=param_groups or groups(), no_weight_decay_on_norm_and_bias=True)
+    model = TinyStreamsModel(
+        optimizer=partial(torch.optim.AdamW, lr=0.01),
+        param_groups=param_groups or groups(),
+        no_weight_decay_on_norm_and_bias=True,
+    )
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=-1, every_n_epochs=1)
     fit = trainer(tmp_path, max_epochs=max_epochs, callbacks=[checkpoint, *callbacks], enable_checkpointing=True)
     fit.fit(model, TinyStreamsDataModule(), ckpt_path=ckpt_path)
@@ -122,11 +159,11 @@ def test_resume_mid_warm_restart_reproduces_trajectory_and_weights(tmp_path):
     full_lrs = RecordLR()
     full_model, _ = run_fit(tmp_path / "full", 6, callbacks=[full_lrs])
     # rgb restarts after 3 and 3+6 steps: stopping after epoch 2 (step 8) is mid-cycle
-    first_half, _ = run_fit(tmp_path / "split", 2)
+    _first_half, _ = run_fit(tmp_path / "split", 2)
     ckpt = tmp_path / "split" / "ckpt" / "last.ckpt"
     resumed_lrs = RecordLR()
     resumed_model, _ = run_fit(tmp_path / "resumed", 6, ckpt_path=ckpt, callbacks=[resumed_lrs])
-    assert resumed_lrs.lrs == full_lrs.lrs[2 * BATCHES_PER_EPOCH:]
+    assert resumed_lrs.lrs == full_lrs.lrs[2 * BATCHES_PER_EPOCH :]
     for (name, a), b in zip(full_model.state_dict().items(), resumed_model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
@@ -215,8 +252,20 @@ def test_cli_has_no_optimizer_shortcut(tmp_path, capsys):
 def test_plain_lightning_cli_optimizer_override_fails_loudly(tmp_path):
     from lightning.pytorch.cli import LightningCLI
 
-    args = ["fit", "--optimizer", "torch.optim.Adam", "--optimizer.lr", "0.1",
-            "--trainer.max_epochs", "1", "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
-            "--trainer.default_root_dir", str(tmp_path)]
+    args = [
+        "fit",
+        "--optimizer",
+        "torch.optim.Adam",
+        "--optimizer.lr",
+        "0.1",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_checkpointing",
+        "false",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    ]
     with pytest.raises(RuntimeError, match="collapse its named parameter groups"):
         LightningCLI(TinyStreamsModel, TinyStreamsDataModule, args=args)

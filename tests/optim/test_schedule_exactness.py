@@ -42,7 +42,9 @@ def one_group_trajectory(optimizer_cls, lr, factory, steps, **opt_kwargs):
     scheduler = factory(optimizer)
     trajectory = []
     for _ in range(steps):
-        trajectory.append({k: optimizer.param_groups[0][k] for k in ("lr", "betas", "momentum") if k in optimizer.param_groups[0]})
+        trajectory.append(
+            {k: optimizer.param_groups[0][k] for k in ("lr", "betas", "momentum") if k in optimizer.param_groups[0]}
+        )
         optimizer.step()
         scheduler.step()
     return trajectory
@@ -109,8 +111,10 @@ def test_stacked_torch_schedulers_do_not_do_this():
 def test_warmup_equals_sequential_linear_then_schedule(warmup):
     model = five_group_model()
     main = partial(CosineAnnealingWarmRestarts, T_0=3, T_mult=2)
-    groups = [ParamGroup("experts", "experts.*", lr=0.2, scheduler=main, warmup=warmup, warmup_start_factor=0.05),
-              ParamGroup("rest", lr=0.1)]
+    groups = [
+        ParamGroup("experts", "experts.*", lr=0.2, scheduler=main, warmup=warmup, warmup_start_factor=0.05),
+        ParamGroup("rest", lr=0.1),
+    ]
     (optimizer,), (config,) = configure_grouped_optimizers(model, partial(torch.optim.SGD, lr=0.1), groups)
 
     def oracle(o):
@@ -160,8 +164,10 @@ def test_plateau_without_monitor_is_an_error():
 
 def test_no_decay_subgroup_follows_parent_schedule():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
-    groups = [ParamGroup("trunk", ["0.*", "1.*"], lr=0.1, scheduler=partial(StepLR, step_size=1, gamma=0.5)),
-              ParamGroup("head", lr=0.3)]
+    groups = [
+        ParamGroup("trunk", ["0.*", "1.*"], lr=0.1, scheduler=partial(StepLR, step_size=1, gamma=0.5)),
+        ParamGroup("head", lr=0.3),
+    ]
     (optimizer,), (config,) = configure_grouped_optimizers(
         model, partial(torch.optim.AdamW, lr=0.1, weight_decay=0.05), groups, no_weight_decay_on_norm_and_bias=True
     )
@@ -205,7 +211,7 @@ def test_scheduler_state_round_trip_continues_trajectory():
 def test_scheduler_state_of_other_group_is_refused():
     model = five_group_model()
     groups = [ParamGroup("experts", "experts.*", scheduler=partial(StepLR, step_size=2)), ParamGroup("rest")]
-    (opt,), (cfg,) = configure_grouped_optimizers(model, partial(torch.optim.SGD, lr=0.1), groups)
+    (_opt,), (cfg,) = configure_grouped_optimizers(model, partial(torch.optim.SGD, lr=0.1), groups)
     state = cfg["scheduler"].state_dict()
     state["group"] = "fusion"
     with pytest.raises(ValueError, match="'fusion'.*'experts'"):
