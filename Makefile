@@ -18,8 +18,10 @@ install: $(INSTALLED)
 demo-groups: $(INSTALLED)
 	$(PY) examples/lr_table.py
 
+DEMO_CONFIG := configs/dual_stream/synthetic.yaml
 demo: $(INSTALLED)
-	$(PY) examples/lr_table.py
+	$(VENV)/bin/mslightning fit --config $(DEMO_CONFIG)
+	$(VENV)/bin/mslightning validate --config $(DEMO_CONFIG) --ckpt_path logs/dual_stream_synthetic/checkpoints/best.ckpt
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q

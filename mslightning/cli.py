@@ -17,11 +17,13 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-__all__ = ["MSLightningCLI", "main"]
+__all__ = ["MSLightningCLI", "checkpoint_agreement", "main"]
 
 
 class MSLightningCLI(LightningCLI):
@@ -64,6 +66,37 @@ class MSLightningCLI(LightningCLI):
     def after_fit(self) -> None:
         """Tell the user where the TensorBoard logs and the best checkpoint are."""
         self._report_logs()
+
+    def after_validate(self) -> None:
+        """Compare the validation metrics with what the checkpoint recorded when it was saved."""
+        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        if not ckpt_path or ckpt_path in ("best", "last"):
+            return
+        for line in checkpoint_agreement(ckpt_path, self.trainer.callback_metrics):
+            rank_zero_info(line)
+
+
+def checkpoint_agreement(ckpt_path: str, metrics: dict[str, torch.Tensor]) -> list[str]:
+    """Lines comparing a checkpoint's recorded ModelCheckpoint score with fresh metrics.
+
+    Args:
+        ckpt_path: A Lightning checkpoint written with a monitoring ``ModelCheckpoint``.
+        metrics: The metrics just computed (``trainer.callback_metrics``).
+
+    Returns:
+        One line per monitored metric found in both, e.g.
+        ``"val/fused/acc: checkpoint recorded 0.8320, validation now 0.8320"``.
+    """
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    lines = []
+    for key, state in checkpoint.get("callbacks", {}).items():
+        if not key.startswith(ModelCheckpoint.__name__) or state.get("best_model_score") is None:
+            continue
+        monitor = state.get("monitor")
+        if monitor in metrics:
+            recorded, now = float(state["best_model_score"]), float(metrics[monitor])
+            lines.append(f"{monitor}: checkpoint recorded {recorded:.4f}, validation now {now:.4f}")
+    return lines
 
 
 def main(args: list[str] | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -32,7 +33,9 @@ class GroupedOptimizationModule(pl.LightningModule):
         optimizer: Builds the optimizer from param groups (YAML: ``class_path``/``init_args`` of
             any ``torch.optim`` class). Its ``lr``/``weight_decay`` are the defaults of groups
             that do not set their own.
-        param_groups: The named groups; ``None`` uses :meth:`default_param_groups`.
+        param_groups: The named groups; ``None`` uses :meth:`default_param_groups`. A group
+            without ``params`` whose name is one of the default groups' names takes that
+            default group's patterns, so ``{name: rgb, lr: 5.0e-4}`` is enough in YAML.
         no_weight_decay_on_norm_and_bias: Exempt biases and normalisation weights from weight
             decay in every group that does not decide for itself.
     """
@@ -59,17 +62,32 @@ class GroupedOptimizationModule(pl.LightningModule):
         """
         return [ParamGroup("all")]
 
+    def resolved_param_groups(self) -> list[ParamGroup]:
+        """The configured groups, with default patterns filled in by name.
+
+        Returns:
+            The groups :meth:`configure_optimizers` uses.
+        """
+        defaults = {group.name: group for group in self.default_param_groups()}
+        if self.param_group_specs is None:
+            return list(defaults.values())
+        return [
+            replace(group, params=defaults[group.name].params)
+            if group.params is None and group.name in defaults and defaults[group.name].params is not None
+            else group
+            for group in self.param_group_specs
+        ]
+
     @override
     def setup(self, stage: str) -> None:
         forbid_replaced_configure_optimizers(self)
 
     @override
     def configure_optimizers(self) -> Any:
-        groups = self.param_group_specs if self.param_group_specs is not None else self.default_param_groups()
         return configure_grouped_optimizers(
             self,
             self.optimizer_factory,
-            groups,
+            self.resolved_param_groups(),
             no_weight_decay_on_norm_and_bias=self.no_weight_decay_on_norm_and_bias,
         )
 

@@ -1,0 +1,299 @@
+"""Multi-stream (e.g. RGB + depth) image classification with per-stream auxiliary heads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
+
+from mslightning.modules.base import GroupedOptimizationModule
+from mslightning.modules.pathways import PathwayReport, pathway_report
+from mslightning.nn import ConcatFusion, Fusion, ResNetStreamEncoder, StreamHeads
+from mslightning.optim import ParamGroup
+
+__all__ = ["DualStreamClassifier", "MultiStreamClassifier"]
+
+Batch = tuple[dict[str, Tensor], Tensor]
+STAGES = ("train", "val", "test")
+FUSED = "fused"
+
+
+class MultiStreamClassifier(GroupedOptimizationModule):
+    """N named image streams -> one ResNet trunk each -> fusion -> classifier, plus aux heads.
+
+    Parameter names: ``encoders.<stream>.*`` (torchvision ResNet names inside),
+    ``aux_heads.<stream>.*``, ``fusion.*``, ``head.*``. Default named parameter groups: one per
+    stream (its encoder and auxiliary head), ``fusion`` (when the fusion has parameters) and
+    ``head``; configure each group's lr, weight decay and schedule under ``param_groups``.
+
+    Loss = CE(fused, y) + ``aux_weight`` * sum over streams of CE(aux_m, y). With
+    ``aux_weight=0`` the auxiliary heads become *probes*: they are trained on detached
+    features, so they still report how much each stream knows (for monitoring) without
+    changing the encoders or the fused prediction.
+
+    Logged metrics (``<stage>`` is ``train``, ``val`` or ``test``; ``<out>`` is ``fused`` or a
+    stream name): ``<stage>/loss`` (the optimised total), ``<stage>/<out>/loss``,
+    ``<stage>/<out>/acc`` (top-1) and ``<stage>/<out>/macro_acc`` (mean per-class accuracy),
+    all per epoch (train also per step).
+
+    ``training_step``/``validation_step`` return ``{"loss", "logits", "stream_logits",
+    "target"}``, the per-stream prediction protocol of
+    :class:`~mslightning.callbacks.StreamMonitor`.
+
+    Args:
+        streams: Stream name -> input channels, in order (``{"rgb": 3, "depth": 1}``).
+        num_classes: Number of classes K.
+        backbone: ``resnet18``, ``resnet34`` or ``resnet50``; one name for all streams or a
+            mapping stream -> name.
+        weights: Optional stream -> path of a torchvision ImageNet ``state_dict`` on local
+            disk to initialise that stream's trunk (first conv adapted to its channels).
+        fusion: Builds the fusion from stream -> feature width (YAML: ``class_path`` of a
+            :mod:`mslightning.nn` fusion and its ``init_args``).
+        aux_weight: Weight of the per-stream auxiliary losses (0: probes, see above).
+        label_smoothing: Label smoothing of every cross-entropy.
+        dropout: Dropout before the fused classifier and each auxiliary head.
+        optimizer: See :class:`~mslightning.modules.GroupedOptimizationModule`.
+        param_groups: See :class:`~mslightning.modules.GroupedOptimizationModule`.
+        no_weight_decay_on_norm_and_bias: See
+            :class:`~mslightning.modules.GroupedOptimizationModule`.
+
+    Raises:
+        ValueError: For no streams, an unknown backbone (naming the stream), weights for an
+            unknown stream, or bad numbers.
+    """
+
+    def __init__(
+        self,
+        streams: Mapping[str, int] | None = None,
+        num_classes: int = 4,
+        backbone: str | Mapping[str, str] = "resnet18",
+        weights: Mapping[str, str] | None = None,
+        fusion: Callable[[dict[str, int]], Fusion] = ConcatFusion,
+        aux_weight: float = 1.0,
+        label_smoothing: float = 0.0,
+        dropout: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        param_groups: list[ParamGroup] | None = None,
+        no_weight_decay_on_norm_and_bias: bool = False,
+    ) -> None:
+        super().__init__(optimizer, param_groups, no_weight_decay_on_norm_and_bias)
+        self.save_hyperparameters(ignore=["optimizer", "fusion"])
+        streams = dict(streams) if streams is not None else {"rgb": 3, "depth": 1}
+        if not streams:
+            raise ValueError("MultiStreamClassifier needs at least one stream, got none.")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+        if aux_weight < 0 or not 0 <= label_smoothing < 1:
+            raise ValueError(
+                f"Need aux_weight >= 0 and label_smoothing in [0, 1), got {aux_weight} and {label_smoothing}."
+            )
+        backbones = dict(backbone) if isinstance(backbone, Mapping) else dict.fromkeys(streams, backbone)
+        weights = dict(weights or {})
+        for what, mapping in (("backbone", backbones), ("weights", weights)):
+            unknown = sorted(set(mapping) - set(streams))
+            if unknown or (what == "backbone" and set(mapping) != set(streams)):
+                raise ValueError(
+                    f"`{what}` must be given per configured stream {list(streams)}; got keys {list(mapping)}."
+                )
+        self.streams = streams
+        self.num_classes = num_classes
+        self.aux_weight = aux_weight
+        self.label_smoothing = label_smoothing
+
+        encoders = {}
+        for name, channels in streams.items():
+            try:
+                encoders[name] = ResNetStreamEncoder(backbones[name], channels, weights.get(name), name=name)
+            except ValueError as err:
+                raise ValueError(f"Stream {name!r}: {err}") from err
+        self.encoders = nn.ModuleDict(encoders)
+        widths = {name: encoder.out_features for name, encoder in self.encoders.items()}
+        self.fusion = fusion(widths)
+        if not isinstance(self.fusion, Fusion):
+            raise ValueError(f"`fusion` must build an mslightning.nn.Fusion, got {type(self.fusion).__name__}.")
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.fusion.out_features, num_classes))
+        self.aux_heads = StreamHeads(widths, num_classes, dropout)
+        self.stream_patterns = {name: [f"encoders.{name}.*", f"aux_heads.{name}.*"] for name in streams}
+
+        template = MetricCollection(
+            {
+                "acc": MulticlassAccuracy(num_classes, average="micro"),
+                "macro_acc": MulticlassAccuracy(num_classes, average="macro"),
+            }
+        )
+        # One metric object per stage and output ("train" would clash with nn.Module.train).
+        self.metrics = nn.ModuleDict(
+            {
+                f"{stage}_metrics": nn.ModuleDict(
+                    {out: template.clone(prefix=f"{stage}/{out}/") for out in (FUSED, *streams)}
+                )
+                for stage in STAGES
+            }
+        )
+
+    @override
+    def default_param_groups(self) -> list[ParamGroup]:
+        """One group per stream, ``fusion`` (if it has parameters) and ``head``.
+
+        Returns:
+            The default groups.
+        """
+        groups = [ParamGroup(name, patterns) for name, patterns in self.stream_patterns.items()]
+        if any(p.requires_grad for p in self.fusion.parameters()):
+            groups.append(ParamGroup("fusion", "fusion.*"))
+        return [*groups, ParamGroup("head", "head.*")]
+
+    def check_inputs(self, inputs: Mapping[str, Tensor]) -> None:
+        """Raise a clear error for missing or unexpected streams.
+
+        Args:
+            inputs: Stream name -> (B, C_m, H, W).
+
+        Raises:
+            ValueError: Naming the missing and unexpected stream keys.
+        """
+        if not isinstance(inputs, Mapping):
+            raise ValueError(f"Expected a mapping stream name -> images, got {type(inputs).__name__}.")
+        if inputs.keys() != self.streams.keys():
+            missing = [name for name in self.streams if name not in inputs]
+            unexpected = [name for name in inputs if name not in self.streams]
+            raise ValueError(
+                f"The model has streams {list(self.streams)}; the input is missing {missing} and has "
+                f"unexpected {unexpected}."
+            )
+
+    def encode(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Pooled features per stream.
+
+        Args:
+            inputs: Stream name -> (B, C_m, H, W).
+
+        Returns:
+            Stream name -> (B, F_m).
+        """
+        self.check_inputs(inputs)
+        return {name: encoder(inputs[name]) for name, encoder in self.encoders.items()}
+
+    def classify(self, features: Mapping[str, Tensor]) -> Tensor:
+        """Fused logits from per-stream features.
+
+        Args:
+            features: Stream name -> (B, F_m).
+
+        Returns:
+            Logits (B, K).
+        """
+        return self.head(self.fusion(features))
+
+    @override
+    def forward(self, inputs: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Fused and per-stream logits.
+
+        Args:
+            inputs: Stream name -> images (B, C_m, H, W).
+
+        Returns:
+            Fused logits (B, K) and stream name -> auxiliary logits (B, K).
+        """
+        features = self.encode(inputs)
+        aux_input = features if self.aux_weight > 0 else {m: f.detach() for m, f in features.items()}
+        return self.classify(features), self.aux_heads(aux_input)
+
+    def fusion_internals(self) -> dict[str, dict[str, Tensor]]:
+        """The fusion's monitored internals (e.g. per-stream weights or mean gates).
+
+        Returns:
+            Metric name -> stream name -> 0-dim tensor.
+        """
+        return self.fusion.internals()
+
+    def _shared_step(self, batch: Batch, stage: str) -> dict[str, Any]:
+        inputs, target = batch
+        fused, stream_logits = self(inputs)
+        ce = {
+            out: F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+            for out, logits in {FUSED: fused, **stream_logits}.items()
+        }
+        aux_loss = sum(ce[name] for name in self.streams)
+        # with aux_weight 0 the probes still learn (detached features), outside the model's loss
+        loss = ce[FUSED] + (self.aux_weight * aux_loss if self.aux_weight > 0 else aux_loss)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=stage != "train")
+        metrics = self.metrics[f"{stage}_metrics"]
+        for out, logits in {FUSED: fused, **stream_logits}.items():
+            self.log(f"{stage}/{out}/loss", ce[out], on_step=on_step, on_epoch=True)
+            metrics[out].update(logits, target)
+            self.log_dict(metrics[out], on_step=False, on_epoch=True, prog_bar=stage == "val" and out == FUSED)
+        return {
+            "loss": loss,
+            "logits": fused.detach(),
+            "stream_logits": {name: logits.detach() for name, logits in stream_logits.items()},
+            "target": target,
+        }
+
+    @override
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
+        return self._shared_step(batch, "train")
+
+    @override
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
+        return self._shared_step(batch, "val")
+
+    @override
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
+        return self._shared_step(batch, "test")
+
+    @override
+    def predict_step(self, batch: Batch | Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        """Class probabilities (B, K) of the fused prediction."""
+        inputs = batch if isinstance(batch, Mapping) else batch[0]
+        return self(inputs)[0].softmax(dim=1)
+
+    @torch.no_grad()
+    def _features(self, dataloader: DataLoader) -> tuple[dict[str, Tensor], Tensor]:
+        parts: dict[str, list[Tensor]] = {name: [] for name in self.streams}
+        targets = []
+        for inputs, target in dataloader:
+            features = self.encode({m: x.to(self.device) for m, x in inputs.items()})
+            for name, f in features.items():
+                parts[name].append(f)
+            targets.append(target.to(self.device))
+        return {name: torch.cat(f) for name, f in parts.items()}, torch.cat(targets)
+
+    @torch.no_grad()
+    def analyze_pathways(self, dataloader: DataLoader, reference_dataloader: DataLoader) -> PathwayReport:
+        """Each stream's contribution, by ablating streams to their reference-set mean features.
+
+        Runs in eval mode and restores the previous mode. Accuracy is measured with every
+        subset of streams kept; the others' pooled features are replaced by their mean over
+        ``reference_dataloader`` (the training set: zeros would be out of distribution).
+
+        Args:
+            dataloader: Evaluation batches ``(inputs, target)``.
+            reference_dataloader: Batches whose mean features stand in for ablated streams.
+
+        Returns:
+            Accuracies all/none/alone, Shapley values and utilisation rates u(m|n).
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            reference, _ = self._features(reference_dataloader)
+            features, target = self._features(dataloader)
+            return pathway_report(
+                list(self.streams), features, target, {m: f.mean(dim=0) for m, f in reference.items()}, self.classify
+            )
+        finally:
+            self.train(was_training)
+
+
+DualStreamClassifier = MultiStreamClassifier
+"""Alias: the two-stream (RGB + depth) case is the reference case of the N-stream classifier."""
