@@ -7,6 +7,7 @@ float32 tensor ``(B, C, H, W)``, ``target`` is an int64 tensor ``(B,)``
 
 from mslightning.data.synthetic import (
     DEFAULT_SIGNAL,
+    PROTOTYPE_NORM,
     StreamBatch,
     StreamsTensorDataset,
     SyntheticStreamsDataModule,
@@ -15,6 +16,7 @@ from mslightning.data.synthetic import (
 
 __all__ = [
     "DEFAULT_SIGNAL",
+    "PROTOTYPE_NORM",
     "StreamBatch",
     "StreamsTensorDataset",
     "SyntheticStreamsDataModule",
