@@ -54,9 +54,7 @@ def adapt_conv1_weight(weight: Tensor, in_channels: int) -> Tensor:
 
     """
     if weight.ndim != 4 or weight.shape[1] != 3:
-        raise ValueError(
-            f"Expected an RGB conv1 kernel of shape (out, 3, kH, kW), got {tuple(weight.shape)}."
-        )
+        raise ValueError(f"Expected an RGB conv1 kernel of shape (out, 3, kH, kW), got {tuple(weight.shape)}.")
     if in_channels < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}.")
     if in_channels == 3:
@@ -74,6 +72,8 @@ class ResNetStreamEncoder(nn.Module):
     in torchvision. The network is always built with ``weights=None``: nothing is downloaded.
 
     Example:
+        >>> import torch
+        >>> from mslightning.nn import ResNetStreamEncoder
         >>> enc = ResNetStreamEncoder("resnet18", in_channels=1, name="depth")
         >>> enc(torch.zeros(2, 1, 32, 32)).shape
         torch.Size([2, 512])
@@ -159,8 +159,7 @@ class ResNetStreamEncoder(nn.Module):
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
             raise ValueError(
-                f"'{path}' does not hold a state_dict (a mapping of name -> tensor); "
-                f"got {type(state).__name__}."
+                f"'{path}' does not hold a state_dict (a mapping of name -> tensor); got {type(state).__name__}."
             )
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         conv1 = state.get("conv1.weight")

@@ -59,16 +59,12 @@ def check_in_features(in_features: Mapping[str, int], owner: str = "Fusion") -> 
 
     """
     if not isinstance(in_features, Mapping) or not in_features:
-        raise ValueError(
-            f"{owner} needs a non-empty mapping stream name -> feature width, got {in_features!r}."
-        )
+        raise ValueError(f"{owner} needs a non-empty mapping stream name -> feature width, got {in_features!r}.")
     for name, width in in_features.items():
         if not isinstance(name, str) or not name:
             raise ValueError(f"{owner}: stream names must be non-empty strings, got {name!r}.")
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(
-                f"{owner}: stream '{name}' feature width must be a positive int, got {width!r}."
-            )
+            raise ValueError(f"{owner}: stream '{name}' feature width must be a positive int, got {width!r}.")
     return dict(in_features)
 
 
@@ -91,10 +87,7 @@ def check_stream_features(
 
     """
     if not isinstance(features, Mapping):
-        raise ValueError(
-            f"{owner} expects a mapping stream name -> features (B, F), "
-            f"got {type(features).__name__}."
-        )
+        raise ValueError(f"{owner} expects a mapping stream name -> features (B, F), got {type(features).__name__}.")
     if features.keys() != in_features.keys():
         missing = [name for name in in_features if name not in features]
         unexpected = [name for name in features if name not in in_features]
@@ -106,10 +99,7 @@ def check_stream_features(
     for name, width in in_features.items():
         x = features[name]
         if x.ndim != 2 or x.shape[1] != width:
-            raise ValueError(
-                f"{owner}: stream '{name}' features must have shape (B, {width}), "
-                f"got {tuple(x.shape)}."
-            )
+            raise ValueError(f"{owner}: stream '{name}' features must have shape (B, {width}), got {tuple(x.shape)}.")
         tensors.append(x)
     batch_sizes = {name: x.shape[0] for name, x in zip(in_features, tensors, strict=True)}
     if len(set(batch_sizes.values())) > 1:
@@ -119,9 +109,7 @@ def check_stream_features(
 
 def _check_positive(owner: str, **values: int | None) -> None:
     for key, value in values.items():
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{owner}: {key} must be a positive int or None, got {value!r}.")
 
 
@@ -210,9 +198,7 @@ class _ProjectingFusion(Fusion):
             self.projections = nn.ModuleDict({name: nn.Identity() for name in self.stream_names})
         else:
             self.dim = dim
-            self.projections = nn.ModuleDict(
-                {name: nn.Linear(width, dim) for name, width in self.in_features.items()}
-            )
+            self.projections = nn.ModuleDict({name: nn.Linear(width, dim) for name, width in self.in_features.items()})
 
     def project(self, features: Mapping[str, Tensor]) -> list[Tensor]:
         """Validate and project the features.
@@ -225,9 +211,7 @@ class _ProjectingFusion(Fusion):
 
         """
         tensors = self.stream_tensors(features)
-        return [
-            self.projections[name](x) for name, x in zip(self.stream_names, tensors, strict=True)
-        ]
+        return [self.projections[name](x) for name, x in zip(self.stream_names, tensors, strict=True)]
 
 
 class ConcatFusion(Fusion):
@@ -351,9 +335,7 @@ class GatedFusion(_ProjectingFusion):
 
     """
 
-    def __init__(
-        self, in_features: Mapping[str, int], dim: int | None = None, hidden: int | None = None
-    ) -> None:
+    def __init__(self, in_features: Mapping[str, int], dim: int | None = None, hidden: int | None = None) -> None:
         super().__init__(in_features, dim)
         _check_positive(type(self).__name__, hidden=hidden)
         self.out_features = self.dim
@@ -361,9 +343,7 @@ class GatedFusion(_ProjectingFusion):
         last = nn.Linear(total if hidden is None else hidden, n)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
-        self.gate = (
-            last if hidden is None else nn.Sequential(nn.Linear(total, hidden), nn.ReLU(), last)
-        )
+        self.gate = last if hidden is None else nn.Sequential(nn.Linear(total, hidden), nn.ReLU(), last)
         self._last_gates: Tensor | None = None
 
     def forward(self, features: Mapping[str, Tensor]) -> Tensor:

@@ -25,6 +25,8 @@ class StreamHeads(nn.ModuleDict):
     ``"aux_heads.depth.*"`` selects one stream's head.
 
     Example:
+        >>> import torch
+        >>> from mslightning.nn import StreamHeads
         >>> heads = StreamHeads({"rgb": 512, "depth": 512}, num_classes=10)
         >>> logits = heads({"rgb": torch.zeros(4, 512), "depth": torch.zeros(4, 512)})
         >>> {name: tuple(x.shape) for name, x in logits.items()}
@@ -41,21 +43,15 @@ class StreamHeads(nn.ModuleDict):
 
     """
 
-    def __init__(
-        self, in_features: Mapping[str, int], num_classes: int, dropout: float = 0.0
-    ) -> None:
+    def __init__(self, in_features: Mapping[str, int], num_classes: int, dropout: float = 0.0) -> None:
         in_features = check_in_features(in_features, type(self).__name__)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(
-                f"StreamHeads: num_classes must be a positive int, got {num_classes!r}."
-            )
+            raise ValueError(f"StreamHeads: num_classes must be a positive int, got {num_classes!r}.")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"StreamHeads: dropout must be in [0, 1), got {dropout!r}.")
         super().__init__(
             {
-                name: nn.Sequential(
-                    OrderedDict(dropout=nn.Dropout(dropout), linear=nn.Linear(width, num_classes))
-                )
+                name: nn.Sequential(OrderedDict(dropout=nn.Dropout(dropout), linear=nn.Linear(width, num_classes)))
                 for name, width in in_features.items()
             }
         )

@@ -111,9 +111,7 @@ def test_state_dict_of_other_arch_names_unexpected_keys(tmp_path: Path) -> None:
     assert "layer1.2.conv1.weight" in str(err.value)
 
 
-def test_state_dict_with_missing_and_misshaped_keys(
-    tmp_path: Path, resnet18_file: tuple[Path, nn.Module]
-) -> None:
+def test_state_dict_with_missing_and_misshaped_keys(tmp_path: Path, resnet18_file: tuple[Path, nn.Module]) -> None:
     state = torch.load(resnet18_file[0], weights_only=True)
     del state["layer4.1.bn2.weight"]
     state["layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)
