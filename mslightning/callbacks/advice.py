@@ -1,0 +1,457 @@
+"""Plain-language recommendations from per-stream evidence, with hysteresis.
+
+:class:`Advisor` turns one epoch of :class:`EpochEvidence` (plain floats that are identical on
+every rank) into a list of :class:`Recommendation` s. Each rule is evaluated per stream and
+feeds a two-sided hysteresis (:class:`StreamThresholds`): a condition must hold for
+``patience`` consecutive epochs before it is reported, and must then fail ``patience``
+consecutive epochs, against a threshold relaxed by ``release``, before it is withdrawn. One
+noisy epoch therefore neither raises nor clears advice.
+
+Rules (``kind``):
+
+* ``overfitting``: the stream's overfitting score (accuracy gap + loss gap) exceeds
+  ``overfit_score`` -> raise the stream group's ``weight_decay`` or lower its ``lr``.
+* ``dominant``: the stream's mean gradient norm is ``dominance_ratio`` times that of every
+  other stream -> lower its ``lr`` or raise the others'.
+* ``slow``: its update ratio ``||dw||/||w||`` is below ``slow_ratio`` times the median of the
+  others -> raise its ``lr``.
+* ``stalled``: its update ratio is below ``stall_update_ratio`` in absolute terms -> raise its
+  ``lr`` (or check it is being optimised at all).
+* ``weight_growth``: its weight norm grew (relative to the start of training)
+  ``weight_growth_ratio`` times more than every other stream's -> raise its ``weight_decay``.
+* ``nonfinite`` (no patience): NaN/Inf gradients -> lower the ``lr``, clip, check inputs.
+* ``frozen`` (information, no patience): the stream has no trainable parameters or received
+  no gradient.
+* ``not_optimized`` (no patience): it receives gradients but no optimizer holds its parameters.
+* ``healthy``: emitted when no warning is active.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "KINDS",
+    "Advisor",
+    "EpochEvidence",
+    "Recommendation",
+    "StreamThresholds",
+]
+
+KINDS = (
+    "nonfinite",
+    "not_optimized",
+    "overfitting",
+    "dominant",
+    "stalled",
+    "slow",
+    "weight_growth",
+    "frozen",
+)
+"""Rule kinds, in the order their recommendations are listed."""
+
+_IMMEDIATE = frozenset({"nonfinite", "not_optimized", "frozen"})
+
+
+@dataclass
+class StreamThresholds:
+    """Thresholds and hysteresis of :class:`~mslightning.callbacks.StreamMonitor`'s advice.
+
+    Attributes:
+        overfit_score: A stream whose overfitting score (train-val accuracy gap + val-train
+            loss gap) exceeds this is overfitting (the predecessor's "significant": 1.0).
+        dominance_ratio: A stream whose epoch-mean gradient norm is at least this many times
+            every other stream's dominates the gradients.
+        slow_ratio: A stream whose epoch-mean update ratio ``||dw||/||w||`` is below this
+            fraction of the other streams' median learns too slowly.
+        stall_update_ratio: An update ratio below this (absolute) means the stream has stalled.
+        weight_growth_ratio: A stream whose weight norm grew (``||w_t|| / ||w_0||``) this many
+            times more than every other stream's grows too fast.
+        patience: Consecutive epochs a condition must hold before it is reported, and must
+            fail before the report is withdrawn.
+        release: While reported, a condition is judged against its threshold relaxed by this
+            factor (``overfit_score * release``, ``slow_ratio / release``, ...), in (0, 1].
+    """
+
+    overfit_score: float = 1.0
+    dominance_ratio: float = 3.0
+    slow_ratio: float = 0.1
+    stall_update_ratio: float = 1e-7
+    weight_growth_ratio: float = 2.0
+    patience: int = 2
+    release: float = 0.8
+
+    def __post_init__(self) -> None:
+        positive = {
+            "overfit_score": self.overfit_score,
+            "stall_update_ratio": self.stall_update_ratio,
+        }
+        for name, value in positive.items():
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"StreamThresholds.{name} must be a finite number > 0, got {value!r}.")
+        for name, value in (
+            ("dominance_ratio", self.dominance_ratio),
+            ("weight_growth_ratio", self.weight_growth_ratio),
+        ):
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 1):
+                raise ValueError(f"StreamThresholds.{name} must be a finite number > 1, got {value!r}.")
+        if not (isinstance(self.slow_ratio, int | float) and 0 < self.slow_ratio < 1):
+            raise ValueError(f"StreamThresholds.slow_ratio must be in (0, 1), got {self.slow_ratio!r}.")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
+            raise ValueError(f"StreamThresholds.patience must be an int >= 1, got {self.patience!r}.")
+        if not (isinstance(self.release, int | float) and 0 < self.release <= 1):
+            raise ValueError(f"StreamThresholds.release must be in (0, 1], got {self.release!r}.")
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One piece of advice.
+
+    Attributes:
+        kind: The rule (see :data:`KINDS`) or ``"healthy"``.
+        stream: The stream it names, or None for ``healthy``.
+        message: The plain-language advice, naming the stream and the knob.
+        severity: ``"warning"`` (act on it) or ``"info"``.
+        epochs: For how many consecutive epochs the condition has held.
+    """
+
+    kind: str
+    stream: str | None
+    message: str
+    severity: Literal["warning", "info"] = "warning"
+    epochs: int = 1
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
+class EpochEvidence:
+    """Everything the rules read about one epoch; plain floats, identical on every rank.
+
+    Step-level quantities are means over the epoch's logged optimizer steps; a stream missing
+    from a mapping means "not measured this epoch" (the rule keeps its state).
+
+    Attributes:
+        epoch: The epoch index.
+        streams: Stream names in order.
+        grad_norm: Mean gradient L2 norm.
+        update_ratio: Mean ``||dw|| / ||w||`` (or the ``lr * ||g|| / ||w||`` proxy).
+        weight_growth: ``||w|| / ||w_at_start||``.
+        nonfinite: Number of NaN/Inf gradient values seen this epoch.
+        frozen: Streams with no trainable parameter or no gradient this epoch.
+        not_optimized: Streams with gradients whose parameters no optimizer holds.
+        overfit_score: Overfitting score (needs per-stream predictions).
+        acc_gap: Train minus validation accuracy.
+        ogr: Overfitting-to-generalisation ratio.
+        discrepancy: OGM-GE discrepancy ratio.
+        lr: Current lr of the stream's (main) param group.
+        weight_decay: Current weight decay of that group.
+        group: Display name of that group.
+        shares_group_with: Other streams whose parameters sit in the same group.
+    """
+
+    epoch: int
+    streams: Sequence[str]
+    grad_norm: Mapping[str, float] = field(default_factory=dict)
+    update_ratio: Mapping[str, float] = field(default_factory=dict)
+    weight_growth: Mapping[str, float] = field(default_factory=dict)
+    nonfinite: Mapping[str, int] = field(default_factory=dict)
+    frozen: frozenset[str] = frozenset()
+    not_optimized: frozenset[str] = frozenset()
+    overfit_score: Mapping[str, float] = field(default_factory=dict)
+    acc_gap: Mapping[str, float] = field(default_factory=dict)
+    ogr: Mapping[str, float] = field(default_factory=dict)
+    discrepancy: Mapping[str, float] = field(default_factory=dict)
+    lr: Mapping[str, float] = field(default_factory=dict)
+    weight_decay: Mapping[str, float] = field(default_factory=dict)
+    group: Mapping[str, str] = field(default_factory=dict)
+    shares_group_with: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+
+@dataclass
+class _Flag:
+    """Hysteresis state of one (kind, stream) condition."""
+
+    active: bool = False
+    on_streak: int = 0
+    off_streak: int = 0
+    held: int = 0
+    value: float | None = None
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3g}"
+
+
+def _others_text(names: Sequence[str]) -> str:
+    if len(names) == 1:
+        return names[0]
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+class Advisor:
+    """Evaluates the rules each epoch and keeps their hysteresis state.
+
+    Args:
+        thresholds: Thresholds and hysteresis settings.
+    """
+
+    def __init__(self, thresholds: StreamThresholds) -> None:
+        self.thresholds = thresholds
+        self.flags: dict[str, _Flag] = {}
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """The hysteresis state, as plain Python data.
+
+        Returns:
+            ``{"flags": {"<kind>/<stream>": {...}}}``.
+        """
+        return {"flags": {key: asdict(flag) for key, flag in self.flags.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the hysteresis state saved by :meth:`state_dict`.
+
+        Args:
+            state: What :meth:`state_dict` returned.
+        """
+        self.flags = {key: _Flag(**flag) for key, flag in state.get("flags", {}).items()}
+
+    # ------------------------------------------------------------------ rules
+
+    def _update(self, kind: str, stream: str, raw: bool | None, value: float | None) -> _Flag:
+        flag = self.flags.setdefault(f"{kind}/{stream}", _Flag())
+        if raw is None:  # no evidence this epoch: keep the state
+            return flag
+        patience = 1 if kind in _IMMEDIATE else self.thresholds.patience
+        if raw:
+            flag.on_streak += 1
+            flag.off_streak = 0
+            flag.value = value
+            if not flag.active and flag.on_streak >= patience:
+                flag.active = True
+                flag.held = flag.on_streak
+            elif flag.active:
+                flag.held += 1
+        else:
+            flag.off_streak += 1
+            flag.on_streak = 0
+            if flag.active:
+                if flag.off_streak >= patience:
+                    flag.active, flag.held = False, 0
+                else:
+                    flag.held += 1
+        return flag
+
+    def _is_active(self, kind: str, stream: str) -> bool:
+        flag = self.flags.get(f"{kind}/{stream}")
+        return flag is not None and flag.active
+
+    def _conditions(self, ev: EpochEvidence) -> dict[str, dict[str, tuple[bool | None, float | None]]]:
+        """Raw condition and its value, per kind and stream."""
+        t = self.thresholds
+        out: dict[str, dict[str, tuple[bool | None, float | None]]] = {kind: {} for kind in KINDS}
+        measured = [m for m in ev.streams if m not in ev.frozen]
+        for m in ev.streams:
+            out["nonfinite"][m] = (ev.nonfinite.get(m, 0) > 0, float(ev.nonfinite.get(m, 0)))
+            out["frozen"][m] = (m in ev.frozen, None)
+            out["not_optimized"][m] = (m in ev.not_optimized, None)
+
+            def relaxed(kind: str, threshold: float, upward: bool, m: str = m) -> float:
+                if not self._is_active(kind, m):
+                    return threshold
+                return threshold * t.release if upward else threshold / t.release
+
+            score = ev.overfit_score.get(m)
+            out["overfitting"][m] = (
+                None if score is None else score > relaxed("overfitting", t.overfit_score, True),
+                score,
+            )
+            active_stream = m not in ev.frozen and m not in ev.not_optimized
+            others = [n for n in measured if n != m and n not in ev.not_optimized]
+            gn = ev.grad_norm.get(m)
+            other_gn = [ev.grad_norm[n] for n in others if n in ev.grad_norm]
+            if active_stream and gn is not None and other_gn and max(other_gn) > 0:
+                ratio = gn / max(other_gn)
+                out["dominant"][m] = (ratio >= relaxed("dominant", t.dominance_ratio, True), ratio)
+            u = ev.update_ratio.get(m)
+            if active_stream and u is not None:
+                stalled = u < relaxed("stalled", t.stall_update_ratio, False)
+                out["stalled"][m] = (stalled, u)
+                other_u = [ev.update_ratio[n] for n in others if ev.update_ratio.get(n, 0) > 0]
+                if other_u:
+                    ratio = u / statistics.median(other_u)
+                    slow = not stalled and ratio < relaxed("slow", t.slow_ratio, False)
+                    out["slow"][m] = (slow, ratio)
+            g = ev.weight_growth.get(m)
+            other_g = [ev.weight_growth[n] for n in others if n in ev.weight_growth]
+            if active_stream and g is not None and other_g and max(other_g) > 0:
+                ratio = g / max(other_g)
+                out["weight_growth"][m] = (
+                    ratio >= relaxed("weight_growth", t.weight_growth_ratio, True),
+                    ratio,
+                )
+        return out
+
+    def advise(self, ev: EpochEvidence) -> list[Recommendation]:
+        """Update the hysteresis with one epoch of evidence and return the active advice.
+
+        Args:
+            ev: The epoch's evidence.
+
+        Returns:
+            Active recommendations, warnings first in :data:`KINDS` order, then information;
+            a single ``healthy`` recommendation (after any information) if no warning is active.
+        """
+        conditions = self._conditions(ev)
+        recs: list[Recommendation] = []
+        for kind in KINDS:
+            for m in ev.streams:
+                raw, value = conditions[kind].get(m, (None, None))
+                flag = self._update(kind, m, raw, value)
+                if flag.active:
+                    severity: Literal["warning", "info"] = "info" if kind == "frozen" else "warning"
+                    recs.append(Recommendation(kind, m, _MESSAGES[kind](ev, m, flag), severity, max(flag.held, 1)))
+        recs.sort(key=lambda r: r.severity == "info")  # stable: keeps KINDS order within
+        if not any(r.severity == "warning" for r in recs):
+            recs.append(Recommendation("healthy", None, _healthy_message(ev), "info", 1))
+        return recs
+
+
+# ---------------------------------------------------------------------- messages
+
+
+def _group(ev: EpochEvidence, m: str) -> str:
+    name = ev.group.get(m)
+    if name is None:
+        return f"{m}'s"
+    return f"the {m} group's" if name == m else f"param group {name!r}'s ({m})"
+
+
+def _knob(ev: EpochEvidence, m: str, knob: Literal["lr", "weight_decay"]) -> str:
+    value = (ev.lr if knob == "lr" else ev.weight_decay).get(m)
+    now = f" (now {_fmt(value)})" if value is not None else ""
+    return f"{knob}{now}"
+
+
+def _shared_note(ev: EpochEvidence, m: str) -> str:
+    shared = list(ev.shares_group_with.get(m, ()))
+    if not shared:
+        return ""
+    return (
+        f" Note: {m} shares param group {ev.group.get(m)!r} with {_others_text(shared)}; give {m} "
+        "its own group (e.g. mslightning.optim.ParamGroup) to change it alone."
+    )
+
+
+def _for(flag: _Flag) -> str:
+    held = max(flag.held, 1)
+    return f"for {held} epoch{'s' if held != 1 else ''}"
+
+
+def _others(ev: EpochEvidence, m: str) -> list[str]:
+    return [n for n in ev.streams if n != m and n not in ev.frozen]
+
+
+def _msg_overfitting(ev: EpochEvidence, m: str, flag: _Flag) -> str:
+    parts = [f"score {_fmt(ev.overfit_score.get(m))}"]
+    if m in ev.acc_gap:
+        parts.append(f"acc gap {_fmt(ev.acc_gap[m])}")
+    if m in ev.ogr:
+        parts.append(f"OGR {_fmt(ev.ogr[m])}")
+    return (
+        f"{m} overfitting ({', '.join(parts)} {_for(flag)}): raise {_group(ev, m)} "
+        f"{_knob(ev, m, 'weight_decay')} or lower its {_knob(ev, m, 'lr')}; stronger {m} "
+        f"augmentation or dropout also helps." + _shared_note(ev, m)
+    )
+
+
+def _msg_dominant(ev: EpochEvidence, m: str, flag: _Flag) -> str:
+    others = _others(ev, m)
+    extra = f", OGM-GE discrepancy {_fmt(ev.discrepancy[m])}" if m in ev.discrepancy else ""
+    return (
+        f"{m} dominates the gradients (grad norm {_fmt(flag.value)}x that of "
+        f"{_others_text(others)}{extra} {_for(flag)}): lower {_group(ev, m)} {_knob(ev, m, 'lr')} "
+        f"or raise the lr of {_others_text(others)}; if {m}'s inputs or features are on a larger scale than "
+        "the others', normalise them." + _shared_note(ev, m)
+    )
+
+
+def _msg_slow(ev: EpochEvidence, m: str, flag: _Flag) -> str:
+    others = _others(ev, m)
+    return (
+        f"{m} learns slowly (update ratio ||dw||/||w|| {_fmt(ev.update_ratio.get(m))}, "
+        f"{_fmt(flag.value)}x the median of {_others_text(others)} {_for(flag)}): raise "
+        f"{_group(ev, m)} {_knob(ev, m, 'lr')}." + _shared_note(ev, m)
+    )
+
+
+def _msg_stalled(ev: EpochEvidence, m: str, flag: _Flag) -> str:
+    return (
+        f"{m} has stalled (update ratio ||dw||/||w|| {_fmt(ev.update_ratio.get(m))} "
+        f"{_for(flag)}): raise {_group(ev, m)} {_knob(ev, m, 'lr')}, and check that its lr is "
+        "not 0 and its parameters are in the optimizer." + _shared_note(ev, m)
+    )
+
+
+def _msg_weight_growth(ev: EpochEvidence, m: str, flag: _Flag) -> str:
+    others = _others(ev, m)
+    return (
+        f"{m} weights grow fastest (||w|| x{_fmt(ev.weight_growth.get(m))} since the start, "
+        f"{_fmt(flag.value)}x the growth of {_others_text(others)} {_for(flag)}): raise "
+        f"{_group(ev, m)} {_knob(ev, m, 'weight_decay')}." + _shared_note(ev, m)
+    )
+
+
+def _msg_nonfinite(ev: EpochEvidence, m: str, flag: _Flag) -> str:
+    return (
+        f"{m} has non-finite gradients ({int(flag.value or 0)} NaN/Inf values this epoch): lower "
+        f"{_group(ev, m)} {_knob(ev, m, 'lr')}, clip its gradients (ParamGroup max_grad_norm), "
+        f"and check the {m} inputs for NaN/Inf."
+    )
+
+
+def _msg_frozen(ev: EpochEvidence, m: str, flag: _Flag) -> str:
+    return (
+        f"{m} is frozen (no trainable parameter or no gradient this epoch): its weights do not "
+        "change. Ignore this if intended; otherwise set requires_grad and check that its output "
+        "reaches the loss."
+    )
+
+
+def _msg_not_optimized(ev: EpochEvidence, m: str, flag: _Flag) -> str:
+    return (
+        f"{m} receives gradients but none of its parameters is in an optimizer param group: add "
+        "them in configure_optimizers (or a ParamGroup pattern)."
+    )
+
+
+_MESSAGES: dict[str, Callable[[EpochEvidence, str, _Flag], str]] = {
+    "overfitting": _msg_overfitting,
+    "dominant": _msg_dominant,
+    "slow": _msg_slow,
+    "stalled": _msg_stalled,
+    "weight_growth": _msg_weight_growth,
+    "nonfinite": _msg_nonfinite,
+    "frozen": _msg_frozen,
+    "not_optimized": _msg_not_optimized,
+}
+
+
+def _healthy_message(ev: EpochEvidence) -> str:
+    details = []
+    if ev.grad_norm:
+        details.append("grad norm " + ", ".join(f"{m} {_fmt(v)}" for m, v in ev.grad_norm.items()))
+    if ev.overfit_score:
+        details.append("overfitting score " + ", ".join(f"{m} {_fmt(v)}" for m, v in ev.overfit_score.items()))
+    else:
+        details.append("overfitting not measured (no per-stream predictions)")
+    return "healthy: no stream is starving, dominating, memorising or diverging (" + "; ".join(details) + ")."

@@ -1,0 +1,118 @@
+from dataclasses import dataclass
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from monitor_testkit import TwoBranchNet, layout_charts, loader, read_layout, read_scalars, trainer_kwargs
+from torch import nn
+
+from mslightning.callbacks import PathwayAnalysis, StreamMonitor
+
+
+@dataclass
+class FakeReport:
+    accuracy_all: float
+    accuracy_none: float
+    accuracy_alone: dict
+    shapley: dict
+    utilization: dict
+
+    def to_dict(self):
+        return {}
+
+
+class StandIn(TwoBranchNet):
+    """A stand-in module implementing analyze_pathways with a report it can predict."""
+
+    def __init__(self, **kwargs):
+        super().__init__(declare_streams=True, **kwargs)
+        self.calls = []
+        self.bn = nn.BatchNorm1d(2)  # one module in train mode to check modes are restored
+
+    def analyze_pathways(self, dataloader, reference_dataloader):
+        self.calls.append(
+            {
+                "val_batches": len(dataloader),
+                "train_batches": len(reference_dataloader),
+                "grad": torch.is_grad_enabled(),
+                "training": self.training,
+            }
+        )
+        epoch = self.trainer.current_epoch
+        return FakeReport(
+            accuracy_all=0.9,
+            accuracy_none=0.25,
+            accuracy_alone={"visible": 0.7, "thermal": 0.5 + 0.01 * epoch},
+            shapley={"visible": 0.4, "thermal": 0.25},
+            utilization={"visible|thermal": 0.3, "thermal|visible": 0.1},
+        )
+
+
+def test_runs_every_n_epochs_and_logs_the_report(tmp_path):
+    model = StandIn()
+    model.thermal_head.eval()  # a user's deliberate per-module mode must survive
+    callback = PathwayAnalysis(every_n_epochs=2, verbose=False)
+    trainer = pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_epochs=4))
+    trainer.fit(model, loader(n=32), loader(n=16, seed=1))
+    assert len(model.calls) == 2  # epochs 1 and 3
+    call = model.calls[0]
+    assert call == {"val_batches": 2, "train_batches": 4, "grad": False, "training": True}
+    assert model.training and model.bn.training and not model.thermal_head.training
+    scalars = read_scalars(trainer.logger.log_dir)
+    assert sorted(scalars["pathways/accuracy_all"]) == [8, 16]
+    assert scalars["pathways/accuracy_none"][8] == pytest.approx(0.25)
+    assert scalars["pathways/accuracy_alone/thermal"][16] == pytest.approx(0.53)
+    assert scalars["pathways/shapley/visible"][8] == pytest.approx(0.4)
+    assert scalars["pathways/utilization/visible_given_thermal"][8] == pytest.approx(0.3)
+    assert scalars["pathways/utilization/thermal_given_visible"][8] == pytest.approx(0.1)
+    assert callback.history["pathways/accuracy_alone/thermal"] == [(1, pytest.approx(0.51)), (3, pytest.approx(0.53))]
+    charts = layout_charts(read_layout(trainer.logger.log_dir))
+    assert set(charts) == {f"pathways: stream ablation/{c}" for c in ("accuracy", "shapley", "utilization")}
+
+
+def test_layout_is_merged_with_the_monitor(tmp_path):
+    callbacks = [StreamMonitor(verbose=False), PathwayAnalysis(every_n_epochs=1, verbose=False)]
+    trainer = pl.Trainer(callbacks=callbacks, **trainer_kwargs(tmp_path, max_epochs=1))
+    trainer.fit(StandIn(), loader(), loader(seed=1))
+    charts = layout_charts(read_layout(trainer.logger.log_dir))
+    assert "pathways: stream ablation/shapley" in charts and "streams: gradients/grad_norm" in charts
+
+
+def test_module_without_analyze_pathways_is_an_error(tmp_path):
+    trainer = pl.Trainer(callbacks=[PathwayAnalysis()], **trainer_kwargs(tmp_path))
+    with pytest.raises(TypeError, match="TwoBranchNet.analyze_pathways"):
+        trainer.fit(TwoBranchNet(), loader(), loader(seed=1))
+
+
+def test_no_validation_loader_skips_with_one_warning(tmp_path):
+    callback = PathwayAnalysis(every_n_epochs=1, verbose=False)
+    trainer = pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_epochs=2, limit_val_batches=0))
+    with pytest.warns(UserWarning, match="no validation dataloader") as record:
+        trainer.fit(StandIn(), loader())
+    assert sum("no validation dataloader" in str(w.message) for w in record) == 1
+    assert callback.history == {}
+
+
+def test_bad_report_is_a_clear_error(tmp_path):
+    class Broken(StandIn):
+        def analyze_pathways(self, dataloader, reference_dataloader):
+            report = super().analyze_pathways(dataloader, reference_dataloader)
+            report.utilization = {"visible-thermal": 0.3}
+            return report
+
+    trainer = pl.Trainer(callbacks=[PathwayAnalysis(every_n_epochs=1)], **trainer_kwargs(tmp_path, max_epochs=1))
+    with pytest.raises(ValueError, match="'m\\|n', got 'visible-thermal'"):
+        trainer.fit(Broken(), loader(), loader(seed=1))
+
+
+def test_state_dict_round_trip_and_validation():
+    callback = PathwayAnalysis()
+    callback.history = {"pathways/accuracy_all": [(1, 0.9)]}
+    restored = PathwayAnalysis()
+    restored.load_state_dict(callback.state_dict())
+    assert restored.history == callback.history
+    assert PathwayAnalysis(prefix="a").state_key != PathwayAnalysis(prefix="b").state_key
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        PathwayAnalysis(every_n_epochs=0)
+    with pytest.raises(ValueError, match="prefix"):
+        PathwayAnalysis(prefix="")

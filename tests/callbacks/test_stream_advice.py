@@ -1,0 +1,183 @@
+import pytest
+
+from mslightning.callbacks import Advisor, EpochEvidence, StreamThresholds
+
+STREAMS = ["rgb", "depth"]
+
+
+def _evidence(epoch: int = 0, **kwargs) -> EpochEvidence:
+    defaults = {
+        "grad_norm": {"rgb": 1.0, "depth": 1.0},
+        "update_ratio": {"rgb": 1e-3, "depth": 1e-3},
+        "weight_growth": {"rgb": 1.0, "depth": 1.0},
+        "nonfinite": {"rgb": 0, "depth": 0},
+        "lr": {"rgb": 1e-3, "depth": 5e-4},
+        "weight_decay": {"rgb": 1e-2, "depth": 3e-2},
+        "group": {"rgb": "rgb", "depth": "depth"},
+    }
+    defaults.update(kwargs)
+    return EpochEvidence(epoch=epoch, streams=STREAMS, **defaults)
+
+
+def _kinds(recs) -> set[tuple[str, str | None]]:
+    return {(r.kind, r.stream) for r in recs}
+
+
+def test_healthy_message_when_nothing_is_wrong():
+    recs = Advisor(StreamThresholds()).advise(_evidence(overfit_score={"rgb": 0.1, "depth": 0.2}))
+    assert [r.kind for r in recs] == ["healthy"]
+    assert recs[0].stream is None and recs[0].message.startswith("healthy")
+
+
+def test_overfitting_needs_patience_and_names_stream_and_knobs():
+    advisor = Advisor(StreamThresholds(patience=2))
+    scores = {"rgb": 0.2, "depth": 3.5}
+    first = advisor.advise(_evidence(0, overfit_score=scores, ogr={"depth": 2.1}))
+    assert _kinds(first) == {("healthy", None)}  # one epoch is not enough
+    second = advisor.advise(_evidence(1, overfit_score=scores, ogr={"depth": 2.1}))
+    (rec,) = [r for r in second if r.kind == "overfitting"]
+    assert rec.stream == "depth" and rec.epochs == 2 and rec.severity == "warning"
+    msg = rec.message
+    assert msg.startswith("depth overfitting (score 3.5")
+    assert "OGR 2.1" in msg and "for 2 epochs" in msg
+    assert "the depth group's weight_decay (now 0.03)" in msg and "lr (now 0.0005)" in msg
+    assert not any(r.kind == "healthy" for r in second)
+
+
+def test_one_noisy_epoch_does_not_flip_the_advice():
+    advisor = Advisor(StreamThresholds(patience=2, release=0.8))
+    bad, noisy_good, good = {"rgb": 0.1, "depth": 2.0}, {"rgb": 0.1, "depth": 0.5}, {"rgb": 0.1, "depth": 0.2}
+    advisor.advise(_evidence(0, overfit_score=bad))
+    assert ("overfitting", "depth") in _kinds(advisor.advise(_evidence(1, overfit_score=bad)))
+    # one good epoch: still reported
+    assert ("overfitting", "depth") in _kinds(advisor.advise(_evidence(2, overfit_score=noisy_good)))
+    # bad again, then a score between the release (0.8) and the threshold (1.0): stays
+    assert ("overfitting", "depth") in _kinds(advisor.advise(_evidence(3, overfit_score=bad)))
+    assert ("overfitting", "depth") in _kinds(advisor.advise(_evidence(4, overfit_score={"rgb": 0.1, "depth": 0.9})))
+    # two good epochs in a row: withdrawn
+    advisor.advise(_evidence(5, overfit_score=good))
+    assert _kinds(advisor.advise(_evidence(6, overfit_score=good))) == {("healthy", None)}
+
+
+def test_single_noisy_bad_epoch_is_not_reported():
+    advisor = Advisor(StreamThresholds(patience=2))
+    for epoch, score in enumerate([0.1, 2.0, 0.1, 2.0, 0.1]):
+        recs = advisor.advise(_evidence(epoch, overfit_score={"rgb": 0.1, "depth": score}))
+        assert _kinds(recs) == {("healthy", None)}
+
+
+def test_missing_evidence_keeps_the_state():
+    advisor = Advisor(StreamThresholds(patience=2))
+    advisor.advise(_evidence(0, overfit_score={"rgb": 0.1, "depth": 2.0}))
+    advisor.advise(_evidence(1))  # no validation this epoch
+    recs = advisor.advise(_evidence(2, overfit_score={"rgb": 0.1, "depth": 2.0}))
+    assert ("overfitting", "depth") in _kinds(recs)
+
+
+def test_dominant_gradients():
+    advisor = Advisor(StreamThresholds(patience=1, dominance_ratio=3.0))
+    recs = advisor.advise(_evidence(grad_norm={"rgb": 8.0, "depth": 1.0}, discrepancy={"rgb": 1.7}))
+    (rec,) = [r for r in recs if r.kind == "dominant"]
+    assert rec.stream == "rgb"
+    assert "rgb dominates the gradients (grad norm 8x that of depth" in rec.message
+    assert "OGM-GE discrepancy 1.7" in rec.message
+    assert "lower the rgb group's lr (now 0.001) or raise the lr of depth" in rec.message
+
+
+def test_slow_stream_by_update_ratio():
+    advisor = Advisor(StreamThresholds(patience=1))
+    recs = advisor.advise(_evidence(update_ratio={"rgb": 1e-3, "depth": 1e-5}))
+    (rec,) = [r for r in recs if r.kind == "slow"]
+    assert rec.stream == "depth"
+    assert "depth learns slowly" in rec.message and "raise the depth group's lr (now 0.0005)" in rec.message
+
+
+def test_stalled_replaces_slow():
+    advisor = Advisor(StreamThresholds(patience=1))
+    recs = advisor.advise(_evidence(update_ratio={"rgb": 1e-3, "depth": 0.0}))
+    assert ("stalled", "depth") in _kinds(recs) and ("slow", "depth") not in _kinds(recs)
+
+
+def test_weight_growth():
+    advisor = Advisor(StreamThresholds(patience=1))
+    recs = advisor.advise(_evidence(weight_growth={"rgb": 3.0, "depth": 1.1}))
+    (rec,) = [r for r in recs if r.kind == "weight_growth"]
+    assert rec.stream == "rgb" and "raise the rgb group's weight_decay (now 0.01)" in rec.message
+
+
+def test_immediate_rules_and_frozen_is_information():
+    advisor = Advisor(StreamThresholds(patience=3))
+    recs = advisor.advise(
+        _evidence(
+            nonfinite={"rgb": 12, "depth": 0},
+            frozen=frozenset({"depth"}),
+            grad_norm={"rgb": 1.0},
+            update_ratio={"rgb": 1e-3},
+        )
+    )
+    assert ("nonfinite", "rgb") in _kinds(recs) and ("frozen", "depth") in _kinds(recs)
+    nonfinite = next(r for r in recs if r.kind == "nonfinite")
+    assert "12 NaN/Inf" in nonfinite.message
+    frozen = next(r for r in recs if r.kind == "frozen")
+    assert frozen.severity == "info" and recs[-1] is frozen  # warnings first
+    # a frozen stream is never "slow" or "dominated": those rules skip it
+    assert not {k for k, s in _kinds(recs) if s == "depth"} - {"frozen"}
+
+
+def test_frozen_alone_still_reads_healthy():
+    recs = Advisor(StreamThresholds()).advise(_evidence(frozen=frozenset({"depth"}), grad_norm={"rgb": 1.0}))
+    assert [r.kind for r in recs] == ["frozen", "healthy"]
+
+
+def test_not_optimized():
+    recs = Advisor(StreamThresholds()).advise(_evidence(not_optimized=frozenset({"depth"})))
+    assert ("not_optimized", "depth") in _kinds(recs)
+
+
+def test_shared_group_note():
+    advisor = Advisor(StreamThresholds(patience=1))
+    recs = advisor.advise(
+        _evidence(
+            overfit_score={"rgb": 0.0, "depth": 2.0},
+            group={"rgb": "all", "depth": "all"},
+            shares_group_with={"rgb": ["depth"], "depth": ["rgb"]},
+        )
+    )
+    (rec,) = [r for r in recs if r.kind == "overfitting"]
+    assert "param group 'all''s (depth)" in rec.message
+    assert "shares param group 'all' with rgb" in rec.message
+
+
+def test_three_streams_dominance_needs_every_other_stream():
+    advisor = Advisor(StreamThresholds(patience=1))
+    ev = EpochEvidence(epoch=0, streams=["a", "b", "c"], grad_norm={"a": 9.0, "b": 1.0, "c": 4.0})
+    assert not any(r.kind == "dominant" for r in advisor.advise(ev))
+    ev = EpochEvidence(epoch=1, streams=["a", "b", "c"], grad_norm={"a": 9.0, "b": 1.0, "c": 2.0})
+    (rec,) = [r for r in advisor.advise(ev) if r.kind == "dominant"]
+    assert rec.stream == "a" and "b and c" in rec.message
+
+
+def test_state_dict_round_trip_keeps_hysteresis():
+    advisor = Advisor(StreamThresholds(patience=2))
+    advisor.advise(_evidence(0, overfit_score={"rgb": 0.1, "depth": 2.0}))
+    restored = Advisor(StreamThresholds(patience=2))
+    restored.load_state_dict(advisor.state_dict())
+    recs = restored.advise(_evidence(1, overfit_score={"rgb": 0.1, "depth": 2.0}))
+    assert ("overfitting", "depth") in _kinds(recs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"overfit_score": 0}, "overfit_score"),
+        ({"dominance_ratio": 1.0}, "dominance_ratio"),
+        ({"slow_ratio": 1.5}, "slow_ratio"),
+        ({"stall_update_ratio": -1.0}, "stall_update_ratio"),
+        ({"weight_growth_ratio": float("inf")}, "weight_growth_ratio"),
+        ({"patience": 0}, "patience"),
+        ({"release": 0.0}, "release"),
+    ],
+)
+def test_thresholds_validate(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        StreamThresholds(**kwargs)

@@ -1,0 +1,379 @@
+import logging
+import math
+import re
+import warnings
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from monitor_testkit import (
+    USER_STREAMS,
+    GradOracle,
+    TwoBranchNet,
+    branch_prefixes,
+    layout_charts,
+    loader,
+    read_layout,
+    read_scalars,
+    read_texts,
+    trainer_kwargs,
+)
+
+from mslightning.callbacks import StreamMonitor
+from mslightning.callbacks.stream_monitor import STEP_METRICS
+
+STREAMS = list(USER_STREAMS)
+
+
+def _fit(tmp_path, model=None, monitor=None, callbacks=(), data_seed=0, **overrides):
+    monitor = monitor or StreamMonitor(streams=USER_STREAMS, verbose=False)
+    model = model or TwoBranchNet()
+    trainer = pl.Trainer(callbacks=[monitor, *callbacks], **trainer_kwargs(tmp_path, **overrides))
+    trainer.fit(model, loader(seed=data_seed), loader(seed=data_seed + 1))
+    return trainer, monitor
+
+
+class OutputsOracle(Callback):
+    """Keeps every batch's per-stream logits and targets, by stage and epoch."""
+
+    def __init__(self):
+        self.seen = {}
+
+    def _keep(self, trainer, stage, outputs):
+        if trainer.sanity_checking:
+            return
+        per_epoch = self.seen.setdefault((stage, trainer.current_epoch), {"target": [], "logits": {}})
+        per_epoch["target"].append(outputs["target"].detach())
+        for stream, logits in outputs["stream_logits"].items():
+            per_epoch["logits"].setdefault(stream, []).append(logits.detach())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._keep(trainer, "train", outputs)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._keep(trainer, "val", outputs)
+
+    def epoch_values(self, stage, epoch, stream):
+        seen = self.seen[(stage, epoch)]
+        target = torch.cat(seen["target"])
+        logits = torch.cat(seen["logits"][stream])
+        acc = (logits.argmax(1) == target).double().mean().item()
+        loss = F.cross_entropy(logits.double(), target).item()
+        score = logits.double().softmax(1).gather(1, target[:, None]).mean().item()
+        return acc, loss, score
+
+
+def _expected_tags(prefix="streams", streams=STREAMS, epoch=True):
+    pairs = [f"{a}_vs_{b}" for i, a in enumerate(streams) for b in streams[i + 1 :]]
+    tags = {f"{prefix}/{m}/{s}" for m in STEP_METRICS for s in streams}
+    tags |= {f"{prefix}/{m}/{p}" for m in ("grad_norm_ratio", "weight_norm_ratio") for p in pairs}
+    if epoch:
+        per_stream = ["train_acc", "val_acc", "train_loss", "val_loss", "acc_gap", "loss_gap", "overfit_score"]
+        per_stream += ["ogr", "true_class_score", "discrepancy_ratio", "alerts"]
+        tags |= {f"{prefix}/{m}/{s}" for m in per_stream for s in streams}
+        tags |= {f"{prefix}/learning_speed/{p}" for p in pairs}
+    return tags
+
+
+def test_user_model_logs_every_tag_the_layout_and_oracle_norms(tmp_path):
+    oracle = GradOracle(branch_prefixes())
+    outputs = OutputsOracle()
+    trainer, monitor = _fit(tmp_path, callbacks=[oracle, outputs])
+    log_dir = trainer.logger.log_dir
+    scalars = read_scalars(log_dir)
+
+    missing = _expected_tags() - set(scalars)
+    assert not missing, f"missing tags: {sorted(missing)}"
+
+    # every optimizer step was logged, at the step index, with norms equal to the oracle's
+    assert sorted(scalars["streams/grad_norm/visible"]) == list(range(8)) == sorted(oracle.grad_norm)
+    for step in range(8):
+        for s in STREAMS:
+            assert scalars[f"streams/grad_norm/{s}"][step] == pytest.approx(oracle.grad_norm[step][s], rel=1e-5)
+            assert scalars[f"streams/grad_max/{s}"][step] == pytest.approx(oracle.grad_max[step][s], rel=1e-5)
+            assert scalars[f"streams/weight_norm/{s}"][step] == pytest.approx(oracle.weight_norm[step][s], rel=1e-5)
+            before, after = oracle.weights_before[step][s], oracle.weights_after[step][s]
+            expected_update = (torch.linalg.vector_norm(after - before) / torch.linalg.vector_norm(before)).item()
+            assert scalars[f"streams/update_ratio/{s}"][step] == pytest.approx(expected_update, rel=1e-3)
+        ratio = oracle.grad_norm[step]["visible"] / oracle.grad_norm[step]["thermal"]
+        assert scalars["streams/grad_norm_ratio/visible_vs_thermal"][step] == pytest.approx(ratio, rel=1e-5)
+        assert scalars["streams/lr/visible"][step] == pytest.approx(0.05)
+
+    # epoch metrics equal an independent computation from the batches' logits
+    for epoch, step in ((0, 4), (1, 8)):
+        for s in STREAMS:
+            for stage in ("train", "val"):
+                acc, loss, _ = outputs.epoch_values(stage, epoch, s)
+                assert scalars[f"streams/{stage}_acc/{s}"][step] == pytest.approx(acc, abs=1e-6)
+                assert scalars[f"streams/{stage}_loss/{s}"][step] == pytest.approx(loss, rel=1e-5)
+            train_acc, train_loss, train_score = outputs.epoch_values("train", epoch, s)
+            val_acc, val_loss, _ = outputs.epoch_values("val", epoch, s)
+            assert scalars[f"streams/true_class_score/{s}"][step] == pytest.approx(train_score, rel=1e-5)
+            score = (train_acc - val_acc) + (val_loss - train_loss)
+            assert scalars[f"streams/overfit_score/{s}"][step] == pytest.approx(score, rel=1e-4, abs=1e-5)
+    # conditional learning speed from the oracle: mu_m = sum_t ||g||^2 / ||w||^2 over the epoch
+    mu = {s: sum((oracle.grad_norm[t][s] / oracle.weight_norm[t][s]) ** 2 for t in range(4, 8)) for s in STREAMS}
+    speed = math.log10(mu["visible"] / mu["thermal"])
+    assert scalars["streams/learning_speed/visible_vs_thermal"][8] == pytest.approx(speed, rel=1e-4)
+
+    # every logged key is documented in the class docstring
+    for tag in scalars:
+        assert f"<p>/{tag.split('/')[1]}/" in StreamMonitor.__doc__, tag
+
+    charts = layout_charts(read_layout(log_dir))
+    assert charts["streams: gradients/grad_norm"] == [re.escape(f"streams/grad_norm/{s}") for s in STREAMS]
+    assert charts["streams: overfitting/overfit_score"] == [re.escape(f"streams/overfit_score/{s}") for s in STREAMS]
+    for chart_tags in charts.values():  # every chart line matches a logged tag (fusion: none here)
+        for tag in chart_tags:
+            assert "fusion" in tag or any(re.fullmatch(tag, logged) for logged in scalars), tag
+
+    texts = read_texts(log_dir, "streams/recommendations")
+    assert len(texts) == 2 and "healthy" in texts[-1]
+    assert monitor.get_recommendations()[0].startswith("healthy")
+    assert [epoch for epoch, _ in monitor.history["streams/grad_norm/visible"]] == [0, 1]
+    summary = monitor.summary()
+    assert "visible" in summary and "thermal" in summary and "Recommendations" in summary
+
+
+def test_log_every_n_steps_gates_the_step_metrics(tmp_path):
+    oracle = GradOracle(branch_prefixes())
+    monitor = StreamMonitor(streams=USER_STREAMS, log_every_n_steps=3, verbose=False)
+    trainer, _ = _fit(tmp_path, monitor=monitor, callbacks=[oracle])
+    scalars = read_scalars(trainer.logger.log_dir)
+    assert sorted(scalars["streams/grad_norm/thermal"]) == [0, 3, 6]
+    assert scalars["streams/grad_norm/thermal"][6] == pytest.approx(oracle.grad_norm[6]["thermal"], rel=1e-5)
+
+
+def test_trainer_log_every_n_steps_is_the_default(tmp_path):
+    trainer, _ = _fit(tmp_path, log_every_n_steps=4)
+    assert sorted(read_scalars(trainer.logger.log_dir)["streams/grad_norm/visible"]) == [0, 4]
+
+
+def test_gradient_accumulation_logs_once_per_optimizer_step_with_accumulated_grads(tmp_path):
+    class AfterBackward(Callback):
+        def __init__(self):
+            self.norms = []
+
+        def on_after_backward(self, trainer, pl_module):
+            g = torch.cat([p.grad.flatten() for p in pl_module.visible_net.parameters()])
+            self.norms.append(torch.linalg.vector_norm(g).item())
+
+    oracle, backward = GradOracle(branch_prefixes()), AfterBackward()
+    trainer, _ = _fit(tmp_path, callbacks=[oracle, backward], max_epochs=1, accumulate_grad_batches=2)
+    scalars = read_scalars(trainer.logger.log_dir)
+    assert oracle.calls == 2 and len(backward.norms) == 4  # 4 backward passes, 2 optimizer steps
+    assert sorted(scalars["streams/grad_norm/visible"]) == [0, 1]
+    for step in (0, 1):
+        assert scalars["streams/grad_norm/thermal"][step] == pytest.approx(oracle.grad_norm[step]["thermal"], rel=1e-5)
+    # the accumulated gradient is not what on_after_backward saw after the first micro-batch
+    assert scalars["streams/grad_norm/visible"][0] != pytest.approx(backward.norms[0], rel=1e-3)
+
+
+def test_bf16_mixed_precision(tmp_path):
+    oracle = GradOracle(branch_prefixes())
+    trainer, _ = _fit(tmp_path, callbacks=[oracle], max_epochs=1, precision="bf16-mixed")
+    scalars = read_scalars(trainer.logger.log_dir)
+    for step in range(4):
+        for s in STREAMS:
+            assert scalars[f"streams/grad_norm/{s}"][step] == pytest.approx(oracle.grad_norm[step][s], rel=1e-5)
+    assert "streams/train_acc/visible" in scalars
+
+
+def test_several_param_groups_per_stream(tmp_path):
+    model = TwoBranchNet(groups="split", lrs={"visible": 0.01, "thermal": 0.1})
+    trainer, monitor = _fit(tmp_path, model=model, max_epochs=1)
+    scalars = read_scalars(trainer.logger.log_dir)
+    # the group holding most of the stream's elements (the weights, not the biases)
+    assert scalars["streams/lr/visible"][0] == pytest.approx(0.01)
+    assert scalars["streams/lr/thermal"][0] == pytest.approx(0.1)
+    assert scalars["streams/weight_decay/visible"][0] == pytest.approx(1e-4)
+    assert monitor._bindings["visible"].group_name == "visible"
+    assert monitor._bindings["visible"].shares_with == []
+
+
+def test_single_param_group_is_reported_as_shared(tmp_path):
+    model = TwoBranchNet(groups="single")
+    _, monitor = _fit(tmp_path, model=model, max_epochs=1)
+    assert monitor._bindings["visible"].group_name == "SGD/pg1"
+    assert monitor._bindings["visible"].shares_with == ["thermal"]
+
+
+def test_frozen_stream_is_reported_without_division_by_zero(tmp_path):
+    model = TwoBranchNet(freeze=["thermal"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # e.g. numpy/torch divide-by-zero warnings
+        trainer, monitor = _fit(tmp_path, model=model)
+    scalars = read_scalars(trainer.logger.log_dir)
+    assert set(scalars["streams/grad_norm/thermal"].values()) == {0.0}
+    assert set(scalars["streams/update_ratio/thermal"].values()) == {0.0}
+    assert "streams/grad_norm_ratio/visible_vs_thermal" not in scalars  # 0 denominator: skipped
+    assert "streams/learning_speed/visible_vs_thermal" not in scalars
+    assert scalars["streams/weight_norm/thermal"][0] > 0
+    assert all(math.isfinite(v) for tag in scalars for v in scalars[tag].values())
+    frozen = [r for r in monitor.recommendations if r.kind == "frozen"]
+    assert [r.stream for r in frozen] == ["thermal"] and frozen[0].severity == "info"
+    assert not any(r.stream == "thermal" and r.severity == "warning" for r in monitor.recommendations)
+
+
+def test_model_without_protocol_keeps_gradient_metrics_and_warns_once(tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer, monitor = _fit(tmp_path, model=TwoBranchNet(protocol=False))
+    messages = [str(w.message) for w in caught if "per-stream prediction protocol" in str(w.message)]
+    assert len(messages) == 1
+    assert "stream_logits" in messages[0] and "skipped" in messages[0]
+    scalars = read_scalars(trainer.logger.log_dir)
+    assert _expected_tags(epoch=False) <= set(scalars)
+    assert not any("acc" in tag or "overfit" in tag for tag in scalars)
+    assert "streams/learning_speed/visible_vs_thermal" in scalars
+    assert "overfitting not measured" in monitor.get_recommendations()[-1]
+
+
+def test_nonfinite_gradients_are_counted_per_stream(tmp_path):
+    class PoisonLastStep(Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            if trainer.global_step == 3:
+                grad = pl_module.thermal_net[0].weight.grad
+                grad.view(-1)[:2] = float("nan")
+                grad.view(-1)[2] = float("inf")
+
+    # the poisoning callback runs before the monitor: it comes first
+    monitor = StreamMonitor(streams=USER_STREAMS, verbose=False)
+    trainer = pl.Trainer(callbacks=[PoisonLastStep(), monitor], **trainer_kwargs(tmp_path, max_epochs=1))
+    trainer.fit(TwoBranchNet(), loader(), loader(seed=1))
+    scalars = read_scalars(trainer.logger.log_dir)
+    assert scalars["streams/nonfinite_grads/thermal"][3] == 3
+    assert scalars["streams/nonfinite_grads/visible"][3] == 0
+    assert scalars["streams/nonfinite_grads/thermal"][2] == 0
+    (rec,) = [r for r in monitor.recommendations if r.kind == "nonfinite"]
+    assert rec.stream == "thermal" and "3 NaN/Inf" in rec.message
+
+
+def test_three_streams_and_fusion_internals(tmp_path):
+    channels = {"rgb": 3, "depth": 1, "ir": 1}
+
+    class WithInternals(TwoBranchNet):
+        def fusion_internals(self):
+            w = self.fusion_head.weight.detach().abs().reshape(3, -1, 4).mean(dim=(1, 2))
+            return {"weight": {n: w[i] for i, n in enumerate(self.names)}}
+
+    model = WithInternals(channels=channels, declare_streams=True)
+    monitor = StreamMonitor(verbose=False)
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1))
+    trainer.fit(model, loader(channels=channels), loader(seed=1, channels=channels))
+    scalars = read_scalars(trainer.logger.log_dir)
+    names = list(channels)
+    assert _expected_tags(streams=names) - {f"streams/ogr/{n}" for n in names} <= set(scalars)  # OGR: 2 epochs
+    expected = model.fusion_internals()["weight"]
+    for n in names:
+        assert scalars[f"streams/fusion/weight/{n}"][4] == pytest.approx(expected[n].item(), rel=1e-6)
+    assert {"rgb_vs_depth", "rgb_vs_ir", "depth_vs_ir"} == {
+        tag.rsplit("/", 1)[1] for tag in scalars if tag.startswith("streams/grad_norm_ratio/")
+    }
+
+
+def test_histograms(tmp_path):
+    monitor = StreamMonitor(streams=USER_STREAMS, histogram_every_n_epochs=1, verbose=False)
+    trainer, _ = _fit(tmp_path, monitor=monitor)
+    from monitor_testkit import event_accumulator
+
+    tags = set(event_accumulator(trainer.logger.log_dir).Tags()["histograms"])
+    assert {f"streams/hist/{kind}/{s}" for kind in ("weights", "grads") for s in STREAMS} <= tags
+
+
+def test_module_declared_streams(tmp_path):
+    monitor = StreamMonitor(verbose=False)
+    trainer, _ = _fit(tmp_path, model=TwoBranchNet(declare_streams=True), monitor=monitor, max_epochs=1)
+    assert monitor.stream_names == ["visible", "thermal"]
+    assert "streams/grad_norm/thermal" in read_scalars(trainer.logger.log_dir)
+
+
+def test_no_streams_is_an_error_that_lists_parameters(tmp_path):
+    with pytest.raises(ValueError, match=r"stream_patterns.*visible_net\.0\.weight"):
+        _fit(tmp_path, monitor=StreamMonitor())
+
+
+def test_stream_matching_nothing_is_an_error_at_setup(tmp_path):
+    monitor = StreamMonitor(streams={"visible": "visible_net.*", "depth": "depth_encoder.*"})
+    with pytest.raises(ValueError, match=r"'depth'.*depth_encoder.*match no parameter.*'visible_net\.0\.weight'"):
+        _fit(tmp_path, monitor=monitor)
+
+
+def test_parameter_in_two_streams_is_an_error(tmp_path):
+    monitor = StreamMonitor(streams={"a": "visible_*", "b": "visible_head.*"})
+    with pytest.raises(ValueError, match=r"'visible_head\.weight' is matched by stream 'a'.*and by stream 'b'"):
+        _fit(tmp_path, monitor=monitor)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"streams": {}}, "non-empty mapping"),
+        ({"streams": {"rg b": "x.*"}}, "'rg b'"),
+        ({"streams": {"a/b": "x.*"}}, "'a/b'"),
+        ({"streams": {"rgb": []}}, r"streams\['rgb'\]"),
+        ({"streams": {"rgb": ""}}, "non-empty string"),
+        ({"log_every_n_steps": -1}, "log_every_n_steps"),
+        ({"histogram_every_n_epochs": 0}, "histogram_every_n_epochs"),
+        ({"prefix": "a/"}, "prefix"),
+        ({"thresholds": {"patience": 2}}, "StreamThresholds"),
+    ],
+)
+def test_init_validates(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        StreamMonitor(**kwargs)
+
+
+def test_without_tensorboard_logs_scalars_and_says_so_once(tmp_path, caplog):
+    logger = CSVLogger(tmp_path, name="csv", version=0)
+    with caplog.at_level(logging.INFO):
+        _fit(tmp_path, logger=logger, max_epochs=1)
+    notes = [r.message for r in caplog.records if "no TensorBoardLogger" in r.message]
+    assert len(notes) == 1 and "CSVLogger" in notes[0]
+    header = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    assert "streams/grad_norm/visible" in header and "streams/overfit_score/thermal" in header
+
+
+def test_without_any_logger_history_and_advice_still_work(tmp_path):
+    _, monitor = _fit(tmp_path, logger=False)
+    assert len(monitor.history["streams/grad_norm/visible"]) == 2
+    assert monitor.recommendations and monitor.latest["streams/grad_norm/thermal"] > 0
+
+
+def test_resume_keeps_history_and_hysteresis(tmp_path):
+    # thermal's features x5: its gradients dominate on every epoch; patience 2 needs two epochs
+    model_kwargs = {"grad_scale": {"thermal": 5.0}}
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    monitor = StreamMonitor(streams=USER_STREAMS, verbose=False)
+    _fit(
+        tmp_path,
+        model=TwoBranchNet(**model_kwargs),
+        monitor=monitor,
+        callbacks=[checkpoint],
+        max_epochs=1,
+        enable_checkpointing=True,
+    )
+    assert monitor.recommendations[0].kind == "healthy"  # one epoch: not reported yet
+    saved = monitor.state_dict()
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert monitor.state_key in ckpt["callbacks"]
+
+    resumed = StreamMonitor(streams=USER_STREAMS, verbose=False)
+    trainer = pl.Trainer(callbacks=[resumed], **trainer_kwargs(tmp_path / "resumed", max_epochs=2))
+    trainer.fit(TwoBranchNet(**model_kwargs), loader(), loader(seed=1), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert [e for e, _ in resumed.history["streams/grad_norm/visible"]] == [0, 1]
+    assert resumed.history["streams/grad_norm/visible"][0] == tuple(saved["history"]["streams/grad_norm/visible"][0])
+    assert [e for e, _ in resumed.recommendation_history] == [0, 1]
+    # one epoch before the checkpoint + one after = patience 2: the advice is active
+    (dominant,) = [r for r in resumed.recommendations if r.kind == "dominant"]
+    assert dominant.stream == "thermal" and dominant.epochs == 2
+
+
+def test_state_keys_are_unique_per_configuration():
+    a = StreamMonitor(streams=USER_STREAMS)
+    b = StreamMonitor(streams=USER_STREAMS, prefix="other")
+    c = StreamMonitor()
+    assert len({a.state_key, b.state_key, c.state_key}) == 3
