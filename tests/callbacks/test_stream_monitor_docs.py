@@ -1,9 +1,9 @@
-"""The complete example of docs/stream_monitor.md runs as written."""
+"""The complete StreamMonitor example of the README runs as written."""
 
 import re
 from pathlib import Path
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "stream_monitor.md"
+DOC = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _first_python_block_after(heading: str) -> str:
@@ -15,7 +15,7 @@ def _first_python_block_after(heading: str) -> str:
 def test_drop_in_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "docs_example"}
-    exec(compile(_first_python_block_after("## Drop StreamMonitor into your own trainer"), str(DOC), "exec"), namespace)
+    exec(compile(_first_python_block_after("### Drop StreamMonitor into your own trainer"), str(DOC), "exec"), namespace)
     monitor = namespace["monitor"]
     assert [epoch for epoch, _ in namespace["grad_norms"]] == [0, 1, 2]
     assert monitor.stream_names == ["rgb", "depth"]
