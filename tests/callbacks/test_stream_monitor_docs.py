@@ -15,7 +15,8 @@ def _first_python_block_after(heading: str) -> str:
 def test_drop_in_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "docs_example"}
-    exec(compile(_first_python_block_after("### Drop StreamMonitor into your own trainer"), str(DOC), "exec"), namespace)
+    example = _first_python_block_after("### Drop StreamMonitor into your own trainer")
+    exec(compile(example, str(DOC), "exec"), namespace)
     monitor = namespace["monitor"]
     assert [epoch for epoch, _ in namespace["grad_norms"]] == [0, 1, 2]
     assert monitor.stream_names == ["rgb", "depth"]
