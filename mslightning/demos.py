@@ -13,25 +13,15 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from mslightning.data.synthetic import StreamsTensorDataset
 from mslightning.modules.base import GroupedOptimizationModule
 from mslightning.optim import ParamGroup
 
 __all__ = ["TinyStreamsDataModule", "TinyStreamsModel"]
 
 Batch = tuple[dict[str, Tensor], Tensor]
-
-
-class _StreamsDataset(Dataset[Batch]):
-    def __init__(self, inputs: dict[str, Tensor], target: Tensor) -> None:
-        self.inputs, self.target = inputs, target
-
-    def __len__(self) -> int:
-        return len(self.target)
-
-    def __getitem__(self, index: int) -> Batch:
-        return {name: x[index] for name, x in self.inputs.items()}, self.target[index]
 
 
 class TinyStreamsDataModule(pl.LightningDataModule):
@@ -71,8 +61,8 @@ class TinyStreamsDataModule(pl.LightningDataModule):
         inputs = {name: torch.randn(total, width, generator=generator) for name, width in self.streams.items()}
         teacher = {name: torch.randn(width, num_classes, generator=generator) for name, width in self.streams.items()}
         target = sum(inputs[name] @ teacher[name] for name in self.streams).argmax(dim=1)
-        self.train_set = _StreamsDataset({n: x[:train_size] for n, x in inputs.items()}, target[:train_size])
-        self.val_set = _StreamsDataset({n: x[train_size:] for n, x in inputs.items()}, target[train_size:])
+        self.train_set = StreamsTensorDataset({n: x[:train_size] for n, x in inputs.items()}, target[:train_size])
+        self.val_set = StreamsTensorDataset({n: x[train_size:] for n, x in inputs.items()}, target[train_size:])
 
     def train_dataloader(self) -> DataLoader[Batch]:
         """Training batches in a fixed order (so resumed runs see the same data)."""
