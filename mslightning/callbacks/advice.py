@@ -24,6 +24,11 @@ Rules (``kind``):
   no gradient.
 * ``not_optimized`` (no patience): it receives gradients but no optimizer holds its parameters.
 * ``healthy``: emitted when no warning is active.
+
+Root causes first: a stream that is overfitting is not also called ``slow`` (its gradients
+vanish because it has fit the training set) nor used as the reference for ``dominant``; while a
+stream is ``slow``/``stalled``, no stream is called ``dominant`` (the slow stream's gradients stay
+large because it does not move). Each advice then names one knob in one direction.
 """
 
 from __future__ import annotations
@@ -255,48 +260,64 @@ class Advisor:
         flag = self.flags.get(f"{kind}/{stream}")
         return flag is not None and flag.active
 
+    def _relaxed(self, kind: str, stream: str, threshold: float, upward: bool) -> float:
+        """The threshold, relaxed by ``release`` while the condition is reported (hysteresis)."""
+        if not self._is_active(kind, stream):
+            return threshold
+        return threshold * self.thresholds.release if upward else threshold / self.thresholds.release
+
     def _conditions(self, ev: EpochEvidence) -> dict[str, dict[str, tuple[bool | None, float | None]]]:
-        """Raw condition and its value, per kind and stream."""
+        """Raw condition and its value, per kind and stream.
+
+        Rules are evaluated root cause first, so that a symptom of one problem is not reported
+        as another problem with the opposite advice: a stream that memorised the training set
+        has tiny gradients and updates (not ``slow``, and no reference for ``dominant``); a
+        stream that cannot move (``slow``/``stalled``) keeps large gradients, so no stream is
+        called ``dominant`` while one is slow - the ``slow`` advice names the knob.
+        """
         t = self.thresholds
         out: dict[str, dict[str, tuple[bool | None, float | None]]] = {kind: {} for kind in KINDS}
-        measured = [m for m in ev.streams if m not in ev.frozen]
         for m in ev.streams:
             out["nonfinite"][m] = (ev.nonfinite.get(m, 0) > 0, float(ev.nonfinite.get(m, 0)))
             out["frozen"][m] = (m in ev.frozen, None)
             out["not_optimized"][m] = (m in ev.not_optimized, None)
-
-            def relaxed(kind: str, threshold: float, upward: bool, m: str = m) -> float:
-                if not self._is_active(kind, m):
-                    return threshold
-                return threshold * t.release if upward else threshold / t.release
-
             score = ev.overfit_score.get(m)
-            out["overfitting"][m] = (
-                None if score is None else score > relaxed("overfitting", t.overfit_score, True),
-                score,
-            )
-            active_stream = m not in ev.frozen and m not in ev.not_optimized
-            others = [n for n in measured if n != m and n not in ev.not_optimized]
-            gn = ev.grad_norm.get(m)
-            other_gn = [ev.grad_norm[n] for n in others if n in ev.grad_norm]
-            if active_stream and gn is not None and other_gn and max(other_gn) > 0:
-                ratio = gn / max(other_gn)
-                out["dominant"][m] = (ratio >= relaxed("dominant", t.dominance_ratio, True), ratio)
+            raw = None if score is None else score > self._relaxed("overfitting", m, t.overfit_score, True)
+            out["overfitting"][m] = (raw, score)
+        overfitting = {m for m in ev.streams if out["overfitting"][m][0] or self._is_active("overfitting", m)}
+        learning = [m for m in ev.streams if m not in ev.frozen and m not in ev.not_optimized]
+
+        for m in learning:
             u = ev.update_ratio.get(m)
-            if active_stream and u is not None:
-                stalled = u < relaxed("stalled", t.stall_update_ratio, False)
-                out["stalled"][m] = (stalled, u)
-                other_u = [ev.update_ratio[n] for n in others if ev.update_ratio.get(n, 0) > 0]
-                if other_u:
-                    ratio = u / statistics.median(other_u)
-                    slow = not stalled and ratio < relaxed("slow", t.slow_ratio, False)
-                    out["slow"][m] = (slow, ratio)
+            if u is None:
+                continue
+            if m in overfitting:  # small updates of a memorising stream: not an lr problem
+                out["stalled"][m] = out["slow"][m] = (False, u)
+                continue
+            stalled = u < self._relaxed("stalled", m, t.stall_update_ratio, False)
+            out["stalled"][m] = (stalled, u)
+            other_u = [ev.update_ratio[n] for n in learning if n != m and n not in overfitting]
+            other_u = [v for v in other_u if v is not None and v > 0]
+            if other_u:
+                ratio = u / statistics.median(other_u)
+                out["slow"][m] = (not stalled and ratio < self._relaxed("slow", m, t.slow_ratio, False), ratio)
+        slow = {m for m in learning if out["slow"].get(m, (None,))[0] or out["stalled"].get(m, (None,))[0]}
+        slow |= {m for m in learning if self._is_active("slow", m) or self._is_active("stalled", m)}
+
+        for m in learning:
+            gn = ev.grad_norm.get(m)
+            other_gn = [ev.grad_norm[n] for n in learning if n != m and n not in overfitting and n in ev.grad_norm]
+            if gn is None or not other_gn or max(other_gn) <= 0:
+                continue
+            ratio = gn / max(other_gn)
+            raw = not slow and ratio >= self._relaxed("dominant", m, t.dominance_ratio, True)
+            out["dominant"][m] = (raw, ratio)
             g = ev.weight_growth.get(m)
-            other_g = [ev.weight_growth[n] for n in others if n in ev.weight_growth]
-            if active_stream and g is not None and other_g and max(other_g) > 0:
+            other_g = [ev.weight_growth[n] for n in learning if n != m and n in ev.weight_growth]
+            if g is not None and other_g and max(other_g) > 0:
                 ratio = g / max(other_g)
                 out["weight_growth"][m] = (
-                    ratio >= relaxed("weight_growth", t.weight_growth_ratio, True),
+                    ratio >= self._relaxed("weight_growth", m, t.weight_growth_ratio, True),
                     ratio,
                 )
         return out
