@@ -273,7 +273,8 @@ class Advisor:
         as another problem with the opposite advice: a stream that memorised the training set
         has tiny gradients and updates (not ``slow``, and no reference for ``dominant``); a
         stream that cannot move (``slow``/``stalled``) keeps large gradients, so no stream is
-        called ``dominant`` while one is slow - the ``slow`` advice names the knob.
+        called ``dominant`` while one is slow - the ``slow`` advice names the knob - and a slow
+        stream's weights, which barely change, are no reference for ``weight_growth``.
         """
         t = self.thresholds
         out: dict[str, dict[str, tuple[bool | None, float | None]]] = {kind: {} for kind in KINDS}
@@ -312,8 +313,10 @@ class Advisor:
             ratio = gn / max(other_gn)
             raw = not slow and ratio >= self._relaxed("dominant", m, t.dominance_ratio, True)
             out["dominant"][m] = (raw, ratio)
+
+        for m in learning:
             g = ev.weight_growth.get(m)
-            other_g = [ev.weight_growth[n] for n in learning if n != m and n in ev.weight_growth]
+            other_g = [ev.weight_growth[n] for n in learning if n != m and n not in slow and n in ev.weight_growth]
             if g is not None and other_g and max(other_g) > 0:
                 ratio = g / max(other_g)
                 out["weight_growth"][m] = (

@@ -104,6 +104,8 @@ class MultiStreamClassifier(GroupedOptimizationModule):
                     f"`{what}` must be given per configured stream {list(streams)}; got keys {list(mapping)}."
                 )
         self.streams = streams
+        # the resolved streams, so hparams merge with a datamodule's `streams` when a logger is attached
+        self.hparams["streams"] = streams
         self.num_classes = num_classes
         self.aux_weight = aux_weight
         self.label_smoothing = label_smoothing

@@ -32,6 +32,8 @@ def test_scenario_verdict(name, tmp_path):
         assert monitor.recommendations[-1].kind == "healthy"
     else:
         kind, stream = scenario.expect
+        # the root cause, on the right stream, and nothing else at any epoch
+        assert {(r.kind, r.stream) for r in warnings} == {(kind, stream)}
         flagged = next(r for r in warnings if r.kind == kind)
         assert flagged.stream == stream and flagged.message.startswith(stream)
         knob = {"overfitting": "weight_decay", "slow": "lr", "dominant": "lr"}[kind]

@@ -181,3 +181,24 @@ def test_state_dict_round_trip_keeps_hysteresis():
 def test_thresholds_validate(kwargs, match):
     with pytest.raises(ValueError, match=match):
         StreamThresholds(**kwargs)
+
+
+def test_memorising_stream_is_not_called_slow_nor_the_reference_for_dominance():
+    advisor = Advisor(StreamThresholds(patience=1))
+    recs = advisor.advise(
+        _evidence(
+            overfit_score={"rgb": 0.1, "depth": 5.0},
+            update_ratio={"rgb": 1e-3, "depth": 1e-6},  # depth fit its training set: tiny updates
+            grad_norm={"rgb": 1.0, "depth": 1e-4},
+        )
+    )
+    assert _kinds(recs) == {("overfitting", "depth")}
+
+
+def test_slow_stream_makes_no_stream_dominant():
+    advisor = Advisor(StreamThresholds(patience=1))
+    # depth cannot move (lr too small) and keeps large gradients; rgb learns
+    recs = advisor.advise(_evidence(update_ratio={"rgb": 1e-3, "depth": 1e-5}, grad_norm={"rgb": 1.0, "depth": 6.0}))
+    assert _kinds(recs) == {("slow", "depth")}
+    recs = advisor.advise(_evidence(update_ratio={"rgb": 1e-3, "depth": 1e-5}, grad_norm={"rgb": 6.0, "depth": 1.0}))
+    assert _kinds(recs) == {("slow", "depth")}
