@@ -8,8 +8,13 @@ takes the stream's own channel count (3 for RGB, 1 for depth, ...).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import codecs
+import os
+import pickletools
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -85,7 +90,8 @@ class ResNetStreamEncoder(nn.Module):
         weights_path: Optional path to a torchvision ImageNet ``state_dict`` of the same
             ``arch`` saved with ``torch.save``. ``fc.*`` entries are ignored; when
             ``in_channels != 3`` the ``conv1`` kernel is adapted with
-            :func:`adapt_conv1_weight`.
+            :func:`adapt_conv1_weight`. A Lightning checkpoint holding this stream's trunk
+            (``encoders.<name>.*``) works too; see :meth:`load_torchvision_weights`.
         name: The stream's name, used only in error messages. The owning module may set the
             attribute later (``encoder.name = "depth"``).
 
@@ -95,8 +101,9 @@ class ResNetStreamEncoder(nn.Module):
         name: The stream's name or ``None``.
 
     Raises:
-        ValueError: For an unknown ``arch``, a non-positive ``in_channels``, or a state_dict
-            that does not fit the trunk (the missing/unexpected/mis-shaped keys are named).
+        ValueError: For an unknown ``arch``, a non-positive ``in_channels``, or a bad
+            ``weights_path`` file (see :meth:`load_torchvision_weights`: the message names the
+            stream and the path, says what is wrong and what to do).
         FileNotFoundError: If ``weights_path`` does not exist.
 
     """
@@ -140,47 +147,198 @@ class ResNetStreamEncoder(nn.Module):
     def load_torchvision_weights(self, path: str | Path) -> None:
         """Initialise the trunk from a torchvision ResNet ``state_dict`` file on local disk.
 
-        The file is read with ``torch.load(..., weights_only=True)``; ``fc.*`` entries are
-        dropped and ``conv1.weight`` is adapted to ``in_channels`` when it has 3 input channels
-        and the stream does not.
+        The file is read with ``torch.load(..., weights_only=True)``, which never runs code from
+        the file; ``fc.*`` entries are dropped and ``conv1.weight`` is adapted to ``in_channels``
+        when it has 3 input channels and the stream does not.
+
+        A Lightning checkpoint (or an mslightning model's ``state_dict``) is accepted too when
+        its ``state_dict`` holds this stream's trunk, ``encoders.<name>.*``, and ``name`` is set:
+        those keys, without the prefix, are loaded. Any other checkpoint is refused with advice.
+
+        Every bad file raises :class:`FileNotFoundError` or :class:`ValueError` whose message
+        starts ``Weights for stream '<name>' ('<path>'): `` (``Weights ('<path>'): `` when
+        ``name`` is ``None``), says what the file holds (empty, truncated, not a ``torch.save``
+        file, a pickled model, a Lightning checkpoint, another architecture, ...) and what to do.
 
         Args:
             path: A file written by ``torch.save(resnet.state_dict(), path)``.
 
         Raises:
             FileNotFoundError: If ``path`` does not exist.
-            ValueError: If the file is not a state_dict, or its keys or shapes do not fit this
-                trunk; the message names the missing, unexpected and mis-shaped keys.
+            ValueError: If ``path`` is a directory or not a regular file, or the file is empty,
+                unreadable, truncated, corrupt, in another format, holds something other than a
+                state_dict (a pickled model, a Lightning checkpoint without this stream's
+                trunk, ...), or its keys or shapes do not fit this trunk; the message names the
+                architecture the file looks like and the missing, unexpected and mis-shaped
+                keys.
 
         """
+        where = f"Weights for stream '{self.name}' ('{path}')" if self.name is not None else f"Weights ('{path}')"
+        if isinstance(path, str) and not path:
+            raise ValueError(f"{where}: the path is empty. Pass the path of a .pth file.")
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ResNet weights file not found: '{path}'.")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-            raise ValueError(
-                f"'{path}' does not hold a state_dict (a mapping of name -> tensor); got {type(state).__name__}."
-            )
+        state, source = self._trunk_state(_load_weights_file(path, where, self.name), where)
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         conv1 = state.get("conv1.weight")
         if conv1 is not None and conv1.ndim == 4 and conv1.shape[1] == 3 != self.in_channels:
             state["conv1.weight"] = adapt_conv1_weight(conv1, self.in_channels)
 
         own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        mis_shaped = sorted(
-            f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-            for k in set(own) & set(state)
-            if state[k].shape != own[k].shape
-        )
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        mis_shaped = [
+            f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+            for k, v in state.items()
+            if k in own and v.shape != own[k].shape
+        ]
         if missing or unexpected or mis_shaped:
-            raise ValueError(
-                f"State dict in '{path}' does not fit a {self.arch} trunk with "
-                f"{self.in_channels} input channel(s): missing keys {missing}, "
-                f"unexpected keys {unexpected}, mis-shaped keys {mis_shaped}."
-            )
+            raise ValueError(self._mismatch_message(where, source, state, missing, unexpected, mis_shaped))
         self.load_state_dict(state)
+
+    def _trunk_state(self, obj: object, where: str) -> tuple[dict[str, Tensor], str]:
+        """Pick the name -> tensor mapping to load out of a loaded file; also say where it came from.
+
+        Raises:
+            ValueError: If ``obj`` is not a state_dict, or is a checkpoint without this stream's
+                trunk.
+
+        """
+        save_hint = "Save the weights with torch.save(model.state_dict(), path)."
+        source = ""
+        kind = None
+        if isinstance(obj, Mapping) and _is_lightning_checkpoint(obj):
+            kind = f"a Lightning checkpoint (epoch {obj.get('epoch')}, global step {obj.get('global_step')})"
+            short_kind = "the Lightning checkpoint"
+            inner: Mapping[object, object] = obj["state_dict"]
+        elif (
+            isinstance(obj, Mapping)
+            and "conv1.weight" not in obj
+            and any(isinstance(k, str) and k.startswith("encoders.") for k in obj)
+        ):
+            kind = "the state_dict of a whole mslightning model"
+            short_kind = "the model's state_dict"
+            inner = obj
+        if kind is not None:
+            prefix = f"encoders.{self.name}."
+            trunk = {
+                k[len(prefix) :]: v
+                for k, v in inner.items()
+                if self.name is not None and isinstance(k, str) and k.startswith(prefix)
+            }
+            if not trunk:
+                raise ValueError(self._checkpoint_message(where, kind, inner))
+            obj, source = trunk, f"'{prefix}*' in {short_kind}"
+        if not isinstance(obj, Mapping):
+            raise ValueError(
+                f"{where}: the file does not hold a state_dict (a mapping of parameter name -> tensor) "
+                f"but a {type(obj).__name__}. {save_hint}"
+            )
+        bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+        if bad:
+            nested = [
+                k
+                for k, v in obj.items()
+                if isinstance(v, Mapping) and v and all(isinstance(t, Tensor) for t in v.values())
+            ]
+            if nested:
+                raise ValueError(
+                    f"{where}: the file holds a dict with the entries {_short([repr(k) for k in obj])}, not a "
+                    f"state_dict; the weights seem to be under {nested[0]!r}. Save that entry alone: "
+                    f"torch.save(obj[{nested[0]!r}], path)."
+                )
+            raise ValueError(
+                f"{where}: the file does not hold a state_dict (a mapping of parameter name -> tensor): "
+                f"{len(bad)} of its {len(obj)} entries {'is' if len(bad) == 1 else 'are'} not name -> tensor, e.g. "
+                f"{bad[0]!r}: {type(obj[bad[0]]).__name__}. {save_hint}"
+            )
+        if not obj:
+            raise ValueError(f"{where}: the state_dict in the file is empty. {save_hint}")
+        return dict(obj), source
+
+    def _checkpoint_message(self, where: str, kind: str, inner: Mapping[object, object]) -> str:
+        """The error for a checkpoint or model state_dict that holds no trunk for this stream."""
+        streams = sorted(
+            {k.split(".")[1] for k in inner if isinstance(k, str) and k.startswith("encoders.") and k.count(".") >= 2}
+        )
+        if not streams:
+            first = _short([str(k) for k in inner], 3)
+            why = f"its state_dict has no 'encoders.<stream>.*' keys (its first keys: {first})"
+        elif self.name is None:
+            why = f"it holds trunks for the streams {streams} but this encoder has no stream name to pick one"
+        else:
+            why = f"it holds trunks for the streams {streams} but none for stream '{self.name}'"
+        if kind.startswith("a Lightning checkpoint"):
+            reuse = (
+                "To reuse the trained mslightning model, load the checkpoint with load_from_checkpoint "
+                "(e.g. MultiStreamClassifier.load_from_checkpoint(path))"
+            )
+            read = "torch.load(path, weights_only=True)['state_dict']"
+        else:
+            reuse = "To reuse the trained mslightning model, load it with model.load_state_dict(...)"
+            read = "torch.load(path, weights_only=True)"
+        message = f"{where}: the file is {kind}, not a torchvision ResNet state_dict, and {why}. {reuse}; "
+        if not streams:
+            return message + "to start a trunk from it, save that trunk's keys, without their prefix, to a file."
+        prefix = f"encoders.{streams[0]}."
+        return (
+            f"{message}to start a trunk from it, extract that trunk's keys into a state_dict file.\n"
+            f"  sd = {read}\n"
+            f"  torch.save({{k.removeprefix('{prefix}'): v for k, v in sd.items() "
+            f"if k.startswith('{prefix}')}}, 'trunk.pth')"
+        )
+
+    def _mismatch_message(
+        self,
+        where: str,
+        source: str,
+        state: Mapping[str, Tensor],
+        missing: list[str],
+        unexpected: list[str],
+        mis_shaped: list[str],
+    ) -> str:
+        """The error for a state_dict whose keys or shapes do not fit this trunk."""
+        what = f"the state_dict under {source}" if source else "the state_dict"
+        prefix = _wrapper_prefix(state)
+        guess = _guess_resnet({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        if prefix:
+            looks = f"{guess} weights" if guess in _ARCHS else (guess or "ResNet weights")
+            problem = (
+                f"the keys of {what} carry the prefix '{prefix}' ({looks} saved from a wrapper model). Strip it: "
+                f"torch.save({{k.removeprefix('{prefix}'): v for k, v in sd.items() if k.startswith('{prefix}')}}, "
+                f"path)."
+            )
+        elif guess is None:
+            problem = (
+                f"{what} does not look like a torchvision ResNet's (its first keys: {_short(list(state), 3)}). "
+                f"Use a torchvision {self.arch} state_dict."
+            )
+        elif guess not in _ARCHS:
+            problem = (
+                f"{what} looks like {guess}, which ResNetStreamEncoder does not build (it builds "
+                f"{', '.join(_ARCHS)}). Use a torchvision {self.arch} state_dict."
+            )
+        elif guess != self.arch:
+            problem = (
+                f"{what} looks like {guess} weights, not {self.arch}. Build the encoder with arch='{guess}' "
+                f"or use {self.arch} weights."
+            )
+        else:
+            plural = "" if self.in_channels == 1 else "s"
+            problem = (
+                f"{what} does not fit this {self.arch} trunk with {self.in_channels} input channel{plural}, "
+                f"although its layout is {self.arch}'s. Use an unmodified torchvision {self.arch} state_dict."
+            )
+        lines = [f"{where}: {problem}"]
+        conv1 = state.get("conv1.weight")
+        if conv1 is not None and conv1.ndim == 4 and conv1.shape[1] not in (3, self.in_channels):
+            lines.append(
+                f"  conv1.weight takes {conv1.shape[1]} input channels; only 3-channel (RGB) kernels are "
+                f"adapted to this stream's {self.in_channels}."
+            )
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped)):
+            if keys:
+                lines.append(f"  {label} keys ({len(keys)}): {_short(keys, 3 if label == 'mis-shaped' else 5)}")
+        return "\n".join(lines)
 
     def forward(self, x: Tensor) -> Tensor:
         """Encode a batch of this stream's images.
@@ -206,3 +364,262 @@ class ResNetStreamEncoder(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(self.avgpool(x), 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a weights file and saying, in this library's words, what is wrong with a bad one.
+
+_SAVE_AGAIN = "Save the weights again with torch.save(model.state_dict(), path)"
+# The first pickle of the legacy (pre-1.6, non-zip) torch.save format: protocol 2, then torch's
+# magic number 0x1950a86a20f9469cfc6c as a LONG1.
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+_FOREIGN_FORMATS = (
+    (b"\x89HDF\r\n\x1a\n", "an HDF5 file (e.g. Keras .h5 weights)", "Convert the weights to a PyTorch state_dict"),
+    (b"\x93NUMPY", "a NumPy .npy array", "Save a state_dict of tensors with torch.save"),
+    (b"\x1f\x8b", "a gzip-compressed file", "Decompress it first (gunzip)"),
+)
+_WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+
+
+def _short(items: list[str], limit: int = 5) -> str:
+    """The first ``limit`` items, comma-separated, and how many more there are."""
+    more = f", ... (+{len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _load_weights_file(path: Path, where: str, stream: str | None) -> object:
+    """``torch.load(path, weights_only=True)``, with every failure turned into a clear error.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: For any other file that cannot be loaded; the message says why.
+
+    """
+    if not path.exists():
+        if path.is_symlink():
+            detail = f" (a symbolic link to '{os.readlink(path)}', which does not exist)"
+        elif not path.is_absolute():
+            detail = f" (looked for '{path.absolute()}')"
+        else:
+            detail = ""
+        raise FileNotFoundError(f"{where}: no such file{detail}. Check the path.")
+    if path.is_dir():
+        try:
+            inside = sorted(p.name for p in path.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
+        except OSError:
+            inside = []
+        holds = f"; it holds {_short(inside, 3)}" if inside else ""
+        raise ValueError(f"{where}: the path is a directory, not a weights file{holds}. Pass the file's own path.")
+    if not path.is_file():
+        raise ValueError(f"{where}: the path is not a regular file (a pipe, socket or device). Pass a .pth file.")
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as file:
+            head = file.read(512)
+    except OSError as err:
+        raise ValueError(f"{where}: the file cannot be read ({err.strerror or err}). Check its permissions.") from err
+    if size == 0:
+        raise ValueError(f"{where}: the file is empty (0 bytes), e.g. an interrupted save or copy. {_SAVE_AGAIN}.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as err:  # UnpicklingError, RuntimeError, EOFError, KeyError, ...: all mean a bad file
+        reason = _why_unloadable(path, head, size, err, stream)
+        end = "" if "\n" in reason else "."  # a multi-line reason ends with a code line
+        raise ValueError(f"{where}: {reason}{end}") from err
+
+
+def _why_unloadable(path: Path, head: bytes, size: int, err: Exception, stream: str | None) -> str:
+    """What is wrong with a file ``torch.load(..., weights_only=True)`` refused, and what to do.
+
+    The pickle inside is only scanned with :mod:`pickletools` (nothing from it is run) to find
+    the classes it names and the strings it holds.
+    """
+    if isinstance(err, OSError):
+        return f"the file cannot be read ({err.strerror or err}). Check its permissions"
+    damaged = (
+        f"the file is truncated or damaged: it starts like a torch.save file but cannot be read to the end "
+        f"({size} bytes). Copy it again, or {_SAVE_AGAIN[0].lower()}{_SAVE_AGAIN[1:]}"
+    )
+    globals_: list[str] = []
+    strings: set[str] = set()
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+                if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+                    return (
+                        "the file is a TorchScript archive (torch.jit.save), not a state_dict. Save its weights: "
+                        "torch.save(torch.jit.load(path).state_dict(), 'weights.pth')"
+                    )
+                pickles = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
+                if not pickles:
+                    return f"the file is a zip archive but not one written by torch.save (no data.pkl). {_SAVE_AGAIN}"
+                data = archive.read(pickles[0])
+        except Exception:  # BadZipFile, EOFError, zlib.error, ...: the archive is cut short or broken
+            return damaged
+        _scan_pickle(pickletools.genops(data), globals_, strings)
+    elif head.startswith(_LEGACY_MAGIC):
+        with path.open("rb") as file:
+            for _ in range(4):  # magic number, protocol version, system info, then the object
+                if not _scan_pickle(pickletools.genops(file), globals_, strings):
+                    break
+    else:
+        return _foreign_format(head, size)
+
+    unsafe = [g for g in dict.fromkeys(globals_) if not _is_plain_global(g)]
+    prefix = f"encoders.{stream or '<stream>'}."
+    if "state_dict" in strings and strings & {"pytorch-lightning_version", "global_step"}:
+        return (
+            f"the file is a Lightning checkpoint holding Python objects that a safe load (weights_only=True) "
+            f"refuses ({_short(unsafe, 3)}). To reuse the trained mslightning model, load the checkpoint with "
+            f"load_from_checkpoint (e.g. MultiStreamClassifier.load_from_checkpoint(path)) if you trust it; to "
+            f"start a trunk from it, extract that trunk's keys into a state_dict file.\n"
+            f"  sd = torch.load(path, weights_only=False)['state_dict']  # runs code from the file: trust it first\n"
+            f"  torch.save({{k.removeprefix('{prefix}'): v for k, v in sd.items() if k.startswith('{prefix}')}}, "
+            f"'trunk.pth')"
+        )
+    if any(g.startswith("torch.nn.modules.") for g in unsafe):
+        return (
+            f"the file holds a whole pickled model ({unsafe[0]}), not a state_dict, and a safe load "
+            f"(weights_only=True) refuses pickled classes. Save the weights instead: "
+            f"torch.save(model.state_dict(), path)"
+        )
+    if unsafe:
+        return (
+            f"the file holds Python objects that a safe load (weights_only=True) refuses ({_short(unsafe, 3)}), "
+            f"not a state_dict of tensors. Save the weights with torch.save(model.state_dict(), path)"
+        )
+    return damaged
+
+
+def _scan_pickle(ops: Iterator[tuple[Any, Any, int | None]], globals_: list[str], strings: set[str]) -> bool:
+    """Collect the classes/functions a pickle names and the strings it holds, without running it.
+
+    Returns:
+        Whether the pickle was read to its STOP opcode (False: truncated or not a pickle).
+
+    """
+    recent: list[str | None] = []  # what the last opcodes pushed, None for anything but a string
+    memo: dict[int, str] = {}
+    try:
+        for op, arg, _ in ops:
+            pushed: str | None = None
+            if op.name in ("GLOBAL", "INST"):
+                globals_.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL":
+                if len(recent) >= 2 and recent[-2] is not None and recent[-1] is not None:
+                    globals_.append(f"{recent[-2]}.{recent[-1]}")
+            elif op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                if recent and recent[-1] is not None:
+                    memo[len(memo) if op.name == "MEMOIZE" else int(arg)] = recent[-1]
+                continue
+            elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                pushed = memo.get(int(arg))
+            elif isinstance(arg, str) and ("UNICODE" in op.name or "STRING" in op.name):
+                pushed = str(arg)
+                strings.add(pushed)
+            elif op.name == "STOP":
+                return True
+            recent = [*recent[-1:], pushed]
+    except Exception:  # a pickle cut short, or not a pickle at all
+        return False
+    return False
+
+
+def _is_plain_global(name: str) -> bool:
+    """Whether a pickled global is one a plain ``torch.save`` of tensors names (storages, rebuilds)."""
+    if name in ("collections.OrderedDict", "_codecs.encode"):
+        return True
+    return name.startswith("torch.") and not name.startswith(
+        ("torch.nn.", "torch.optim.", "torch.utils.", "torch.jit.")
+    )
+
+
+def _foreign_format(head: bytes, size: int) -> str:
+    """Say what a file that is not a ``torch.save`` file seems to be, from its first bytes."""
+    for magic, what, advice in _FOREIGN_FORMATS:
+        if head.startswith(magic):
+            return f"the file is {what}, not a file written by torch.save. {advice}"
+    if len(head) >= 10 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < size:
+        return (
+            "the file is a safetensors file, not a file written by torch.save. Convert it: "
+            "torch.save(safetensors.torch.load_file(path), 'weights.pth')"
+        )
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        text = None
+    if text and all(c.isprintable() or c in "\t\n\r\f" for c in text):
+        if text.startswith("version https://git-lfs"):
+            return "the file is a Git LFS pointer, not the weights themselves. Fetch them with git lfs pull"
+        return (
+            f"the file is a text file (it starts with {text[:40]!r}), not a file written by torch.save. "
+            f"Pass the path of the weights file itself"
+        )
+    if head.startswith(b"\x80"):
+        return (
+            "the file is a plain pickle, not a file written by torch.save (or a torch.save file that is "
+            f"damaged). {_SAVE_AGAIN}"
+        )
+    return (
+        f"the file is corrupt or not a file written by torch.save (it starts with the bytes {head[:8].hex(' ')}). "
+        f"Pass a file written by torch.save(model.state_dict(), path)"
+    )
+
+
+def _is_lightning_checkpoint(obj: Mapping[Any, Any]) -> bool:
+    """Whether a loaded mapping is a Lightning checkpoint (a ``state_dict`` beside training state)."""
+    markers = ("pytorch-lightning_version", "global_step", "epoch")
+    return isinstance(obj.get("state_dict"), Mapping) and any(k in obj for k in markers)
+
+
+def _wrapper_prefix(state: Mapping[str, Tensor]) -> str:
+    """The prefix (``"module."``, ``"backbone."``, ...) every ResNet key carries, or ``""``."""
+    if "conv1.weight" in state:
+        return ""
+    for key in state:
+        if key.endswith(".conv1.weight") and "layer" not in key:
+            prefix = key[: -len("conv1.weight")]
+            if f"{prefix}layer1.0.conv1.weight" in state:
+                return prefix
+    return ""
+
+
+_LAYOUTS = {
+    (False, (2, 2, 2, 2)): "resnet18",
+    (False, (3, 4, 6, 3)): "resnet34",
+    (True, (3, 4, 6, 3)): "resnet50",
+    (True, (3, 4, 23, 3)): "resnet101",
+    (True, (3, 8, 36, 3)): "resnet152",
+}
+
+
+def _guess_resnet(state: Mapping[str, Tensor]) -> str | None:
+    """Which ResNet a state_dict's keys and shapes look like.
+
+    Returns:
+        An ``arch`` name (``"resnet50"``), a description of a ResNet this module does not build
+        (a ResNeXt, a wide ResNet, an unknown block layout), or ``None`` if it is no ResNet.
+
+    """
+    blocks = []
+    for stage in range(1, 5):
+        indices = {
+            parts[1] for parts in (k.split(".") for k in state) if parts[0] == f"layer{stage}" and parts[1:2] != [""]
+        }
+        blocks.append(len(indices))
+    if not all(blocks):
+        return None
+    bottleneck = "layer1.0.conv3.weight" in state
+    arch = _LAYOUTS.get((bottleneck, tuple(blocks)))
+    if arch is None:
+        kind = "bottleneck" if bottleneck else "basic"
+        return f"a ResNet with {kind} blocks {tuple(blocks)} per stage"
+    conv1, conv2 = state.get("layer1.0.conv1.weight"), state.get("layer1.0.conv2.weight")
+    if bottleneck and conv2 is not None and conv2.ndim == 4 and conv2.shape[0] != conv2.shape[1]:
+        return f"a ResNeXt-{arch[6:]} (grouped 3x3 convolutions, torchvision's resnext{arch[6:]}_*)"
+    if bottleneck and conv1 is not None and conv1.ndim == 4 and conv1.shape[0] > 64:
+        return f"a wide ResNet-{arch[6:]} (torchvision's wide_resnet{arch[6:]}_2)"
+    return arch
