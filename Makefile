@@ -21,7 +21,8 @@ demo-groups: $(INSTALLED)
 DEMO_CONFIG := configs/dual_stream/synthetic.yaml
 demo: $(INSTALLED)
 	$(VENV)/bin/mslightning fit --config $(DEMO_CONFIG)
-	$(VENV)/bin/mslightning validate --config $(DEMO_CONFIG) --ckpt_path logs/dual_stream_synthetic/checkpoints/best.ckpt
+	$(VENV)/bin/mslightning validate --config $(DEMO_CONFIG) --ckpt_path best
+	$(VENV)/bin/mslightning predict --config $(DEMO_CONFIG) --ckpt_path best
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q

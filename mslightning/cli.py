@@ -4,30 +4,140 @@ Usage::
 
     mslightning fit --config configs/dual_stream/synthetic.yaml
     mslightning validate --config configs/dual_stream/synthetic.yaml --ckpt_path best
+    mslightning predict --config configs/dual_stream/synthetic.yaml --ckpt_path best
     mslightning fit --config configs/dual_stream/synthetic.yaml --print_config
 
-Any LightningModule / LightningDataModule can be chosen by ``class_path``. LightningCLI's
-``--optimizer``/``--lr_scheduler`` shortcuts are deliberately not offered: they would replace the
-modules' ``configure_optimizers`` and put every parameter into a single group. Optimizers,
-named parameter groups and per-group schedules are configured under ``model:`` instead.
+What it adds to Lightning's ``LightningCLI``:
+
+* **Every fit writes into its own run directory** (the logger's ``<save_dir>/<name>/version_N``,
+  checkpoints in its ``checkpoints/``), and ``--ckpt_path best`` / ``--ckpt_path last`` in a new
+  process mean the best / last checkpoint of the latest run of this config (the newest
+  checkpoint under its logger's runs), printed before it is used. A ``ModelCheckpoint`` with an
+  explicit ``dirpath`` that already holds checkpoints, and no version counter, is refused: it
+  would overwrite them.
+* **One source of truth for streams and classes**: the data's ``stream_channels`` and
+  ``num_classes`` are linked to the model's ``streams`` and ``num_classes``; a model value
+  written in the config that disagrees with the data is an error.
+* **Errors in the library's own words**: a bad option prints one short message naming it, not
+  jsonargparse's usage text; an error raised while building the model or data names the
+  component and its class first. ``validate``/``test``/``predict`` without ``--ckpt_path``
+  warn that the weights are untrained.
+
+LightningCLI's ``--optimizer``/``--lr_scheduler`` shortcuts are deliberately not offered: they
+would replace the modules' ``configure_optimizers`` and put every parameter into a single group.
+Optimizers, named parameter groups and per-group schedules are configured under ``model:``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import pickle
+import re
+import sys
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NoReturn
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info
+import yaml
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-__all__ = ["MSLightningCLI", "checkpoint_agreement", "main"]
+__all__ = ["MSLightningCLI", "checkpoint_agreement", "find_run_checkpoint", "main"]
+
+LINKS = {"stream_channels": "streams", "num_classes": "num_classes"}
+"""Datamodule attribute -> model argument, linked when the model is built."""
+
+_JSONARGPARSE_NOISE = re.compile(
+    r"^\s*(-\s*)?(Does not validate against any of the Union subtypes|Subtypes:|Given value type:|Given value:|"
+    r"Expected a <class 'NoneType'>|Errors:)"
+)
+
+
+def condense_parser_error(message: str) -> str:
+    """Shorten a jsonargparse error to one line per problem, prefixed by the option's dotted path.
+
+    Args:
+        message: jsonargparse's message, e.g. for ``--model.init_args.num_classes abc``.
+
+    Returns:
+        E.g. ``model.num_classes: Expected a <class 'int'>. Got value: abc``.
+    """
+    stack: list[tuple[int, str]] = []
+    lines: list[str] = []
+    for raw in message.splitlines():
+        if not raw.strip() or _JSONARGPARSE_NOISE.match(raw):
+            continue
+        indent = len(raw) - len(raw.lstrip(" -"))
+        text = raw.strip().lstrip("- ").strip()
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        key = re.match(r'Parser key "([^"]+)":\s*(.*)', text)
+        if key:
+            stack.append((indent, key.group(1)))
+            text = key.group(2)
+        if not text or text.startswith("Problem with given class_path"):
+            continue
+        path = ".".join(name for _, name in stack)
+        line = f"{path}: {text}" if path else text
+        if line not in lines:
+            lines.append(line)
+    if any("expected one argument" in line for line in lines):
+        lines.append("(a value that starts with '-' is written --option=-value)")
+    return "\n".join(lines) or message
+
+
+class MSLightningArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser, printing a short error (no usage wall) on bad input."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        """Print the condensed error and exit with status 2 (jsonargparse's debug mode raises).
+
+        Args:
+            message: What is wrong.
+            ex: The exception behind it.
+        """
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+            super().error(message, ex)
+        prog = self.prog.replace(" [options]", "")
+        sys.stderr.write(f"{prog}: error: {condense_parser_error(message)}\n(see `{prog} --help` for the options)\n")
+        sys.exit(2)
+
+
+def _component_of(error: BaseException) -> str | None:
+    """``"model"``/``"data"``/... for the outermost Lightning object whose ``__init__`` raised."""
+    kinds = (
+        (pl.LightningModule, "model"),
+        (pl.LightningDataModule, "data"),
+        (Callback, "trainer.callbacks"),
+        (Logger, "trainer.logger"),
+    )
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        owner = frame.f_locals.get("self")
+        for kind, name in kinds:
+            if isinstance(owner, kind):
+                return f"{name} ({type(owner).__module__}.{type(owner).__qualname__})"
+    return None
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The first exception in ``error``'s chain raised outside jsonargparse."""
+    seen = error
+    while seen is not None:
+        tb = seen.__traceback__
+        frames = list(traceback.walk_tb(tb))
+        if frames and "jsonargparse" not in frames[-1][0].f_code.co_filename:
+            return seen
+        seen = seen.__cause__
+    return error
 
 
 class MSLightningCLI(LightningCLI):
-    """LightningCLI without optimizer auto-configuration, that says where the logs went.
+    """LightningCLI for mslightning: run directories, ``best``/``last`` checkpoints, links, clear errors.
 
     Args:
         *args: Passed to :class:`~lightning.pytorch.cli.LightningCLI`.
@@ -36,7 +146,10 @@ class MSLightningCLI(LightningCLI):
             subclass mode, and ``auto_configure_optimizers`` is always ``False``.
 
     Raises:
-        ValueError: If ``auto_configure_optimizers=True`` is requested.
+        ValueError: If ``auto_configure_optimizers=True`` is requested; for a model setting
+            that disagrees with the data; for an error while building the model, data or
+            callbacks (re-raised with the component named first); for ``--ckpt_path`` naming
+            no readable checkpoint.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -51,7 +164,142 @@ class MSLightningCLI(LightningCLI):
         if len(args) < 2 and "datamodule_class" not in kwargs:
             kwargs.update(datamodule_class=pl.LightningDataModule, subclass_mode_data=True)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_class", MSLightningArgumentParser)
         super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Link the data's stream channels and class count to the model.
+
+        Args:
+            parser: The subcommand's parser.
+        """
+        for source, target in LINKS.items():
+            parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
+
+    # ------------------------------------------------------------------ parsing and building
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then refuse config files whose ``param_groups`` would be replaced unseen.
+
+        Args:
+            parser: The main parser.
+            args: The command line.
+        """
+        super().parse_arguments(parser, args)
+        config = self.config.get(str(self.config.get("subcommand"))) or self.config
+        paths = [str(path) for path in (config.get("config") or []) if path is not None]
+        _check_param_group_overrides(paths)
+
+    def instantiate_classes(self) -> None:
+        """Build model, data, callbacks and trainer; errors name the component first.
+
+        Raises:
+            ValueError: For an error raised while building (its type kept where it is a
+                ``ValueError``/``FileNotFoundError``), or a model setting that disagrees with the
+                data.
+        """
+        try:
+            super().instantiate_classes()
+        except Exception as error:
+            root = _root_cause(error)
+            component = _component_of(root) or "configuration"
+            error_type = type(root) if isinstance(root, ValueError | FileNotFoundError | TypeError) else ValueError
+            raise error_type(f"{component}: {root}") from root
+        self._check_links()
+
+    def _check_links(self) -> None:
+        """A model value written in the config must agree with the data it is linked to."""
+        if self.datamodule is None:
+            return
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        model_args = (config.get("model") or {}).get("init_args") or {}
+        defaults = _init_defaults(type(self.model))
+        for source, target in LINKS.items():
+            data_value = getattr(self.datamodule, source, None)
+            written = model_args.get(target) if hasattr(model_args, "get") else None
+            if data_value is None or written is None or written == defaults.get(target):
+                continue
+            written = dict(written) if isinstance(written, Mapping) else written
+            if written != (dict(data_value) if isinstance(data_value, Mapping) else data_value):
+                raise ValueError(
+                    f"model.{target}={written!r} disagrees with the data's {source}={data_value!r}. The model takes "
+                    f"{target} from the data: remove model.{target} from the config (write it once, under data)."
+                )
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _parse_ckpt_path(self) -> None:
+        """Resolve ``best``/``last``, check the file, and report settings the checkpoint overrides.
+
+        Lightning's CLI applies the checkpoint's hyper-parameters over the configuration when
+        ``--ckpt_path`` is given; every value that changes that way is listed in a warning.
+
+        Raises:
+            FileNotFoundError: If ``best``/``last`` finds no run, or the path does not exist.
+            ValueError: If the path is not a readable Lightning checkpoint.
+        """
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path in ("best", "last"):
+            resolved = find_run_checkpoint(_run_dirs_from_config(config.get("trainer")), ckpt_path)
+            rank_zero_info(f"--ckpt_path {ckpt_path}: using {resolved}")
+            config["ckpt_path"] = ckpt_path = str(resolved)
+        if ckpt_path and ckpt_path not in ("hpc", "registry"):
+            check_checkpoint_file(ckpt_path)
+        before = _plain_model_args(self.parser, self.config)
+        super()._parse_ckpt_path()
+        after = _plain_model_args(self.parser, self.config)
+        linked = set(LINKS.values())  # filled in from the data when the model is built
+        changed = [
+            f"{key}: {before[key]!r} -> {after[key]!r}"
+            for key in after
+            if key in before and key not in linked and before[key] != after[key]
+        ]
+        if changed:
+            rank_zero_warn(
+                f"--ckpt_path {ckpt_path}: these model settings differ from the configuration; the checkpoint's "
+                "values are used (Lightning rebuilds the model as it was saved):\n  " + "\n  ".join(changed)
+            )
+
+    def _warn_untrained(self) -> None:
+        from mslightning.modules.base import GroupedOptimizationModule  # such modules warn themselves
+
+        if self.config_init[self.subcommand].get("ckpt_path") is None and not isinstance(
+            self.model, GroupedOptimizationModule
+        ):
+            rank_zero_warn(
+                f"{self.subcommand} without --ckpt_path runs on the model's freshly initialised weights; pass "
+                "--ckpt_path <path>, or `best`/`last` for the latest run's checkpoints."
+            )
+
+    def before_fit(self) -> None:
+        """Refuse to overwrite an earlier run's checkpoints."""
+        for callback in self.trainer.checkpoint_callbacks:
+            if not isinstance(callback, ModelCheckpoint) or callback.dirpath is None:
+                continue
+            existing = sorted(Path(callback.dirpath).glob("*.ckpt"))
+            if existing and not callback._enable_version_counter:
+                raise ValueError(
+                    f"ModelCheckpoint(dirpath='{callback.dirpath}') already holds checkpoints of an earlier run "
+                    f"({', '.join(p.name for p in existing[:3])}{' ...' if len(existing) > 3 else ''}) and "
+                    "enable_version_counter is off, so this run would overwrite them. Leave dirpath out (each "
+                    "run then writes into its own run directory), or choose a new dirpath."
+                )
+
+    def before_validate(self) -> None:
+        """Warn when the weights are untrained (no ``--ckpt_path``)."""
+        self._warn_untrained()
+
+    def before_test(self) -> None:
+        """Warn when the weights are untrained (no ``--ckpt_path``)."""
+        self._warn_untrained()
+
+    def before_predict(self) -> None:
+        """Warn when the weights are untrained (no ``--ckpt_path``)."""
+        self._warn_untrained()
 
     def _report_logs(self) -> None:
         for logger in self.trainer.loggers:
@@ -61,7 +309,7 @@ class MSLightningCLI(LightningCLI):
                 )
         checkpoint = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
         if checkpoint:
-            rank_zero_info(f"Best checkpoint: {checkpoint}\n")
+            rank_zero_info(f"Best checkpoint: {checkpoint}\n  reuse it with:  --ckpt_path best\n")
 
     def after_fit(self) -> None:
         """Tell the user where the TensorBoard logs and the best checkpoint are."""
@@ -76,6 +324,178 @@ class MSLightningCLI(LightningCLI):
             rank_zero_info(line)
 
 
+def _init_defaults(cls: type) -> dict[str, Any]:
+    import inspect
+
+    return {
+        name: p.default
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+def _param_groups_of(path: str) -> tuple[str | None, dict[str, Any] | None]:
+    """The model class_path and param_groups a config file sets (``None`` where it sets none)."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return None, None
+    model = (loaded or {}).get("model") if isinstance(loaded, Mapping) else None
+    if not isinstance(model, Mapping):
+        return None, None
+    init_args = model.get("init_args") if isinstance(model.get("init_args"), Mapping) else model
+    groups = init_args.get("param_groups")
+    if isinstance(groups, list):
+        groups = {str(g.get("name", f"#{i}")): g for i, g in enumerate(groups) if isinstance(g, Mapping)}
+    return model.get("class_path"), dict(groups) if isinstance(groups, Mapping) else None
+
+
+def _check_param_group_overrides(paths: list[str]) -> None:
+    """A later config's ``param_groups`` replaces an earlier one's: refuse when that drops settings."""
+    earlier: tuple[str, dict[str, Any]] | None = None
+    for path in paths:
+        class_path, groups = _param_groups_of(path)
+        if class_path is not None:
+            earlier = None  # another model class: its arguments start afresh
+        if groups is None:
+            continue
+        if earlier is not None:
+            first_path, first = earlier
+            lost = [name for name in first if name not in groups]
+            lost += [
+                f"{name}.{key}"
+                for name, settings in first.items()
+                if name in groups and isinstance(settings, Mapping)
+                for key in settings
+                if not isinstance(groups[name], Mapping) or key not in groups[name]
+            ]
+            if lost:
+                raise ValueError(
+                    f"{path} sets model param_groups, which replaces those of {first_path} as a whole (YAML values "
+                    f"are not merged), dropping {lost}. Repeat every group and setting in {path}, or change "
+                    "single settings on the command line, e.g. --model.init_args.param_groups.depth.lr 1e-5."
+                )
+        earlier = (path, groups)
+
+
+def _plain_model_args(parser: LightningArgumentParser, config: Any) -> dict[str, Any]:
+    subcommand = config.get("subcommand")
+    dumped = yaml.safe_load(parser.dump(config, skip_link_targets=False, skip_none=False, skip_validation=True))
+    model = (dumped.get(subcommand) if subcommand else dumped or {}).get("model") or {}
+    return {**(model.get("init_args") or {}), **(model.get("dict_kwargs") or {})} if isinstance(model, dict) else {}
+
+
+def _run_dirs_from_config(trainer: Any) -> list[Path]:
+    """Where the runs of a configuration keep checkpoints, read from its ``trainer`` section.
+
+    An explicit ``ModelCheckpoint.dirpath``; else the logger's runs
+    (``<save_dir>/<name>/*/checkpoints``, Lightning's defaults where the logger sets none).
+    """
+    trainer = trainer or {}
+    explicit = [
+        Path(callback["init_args"]["dirpath"])
+        for callback in trainer.get("callbacks") or []
+        if hasattr(callback, "get")
+        and "ModelCheckpoint" in str(callback.get("class_path"))
+        and (callback.get("init_args") or {}).get("dirpath")
+    ]
+    root = Path(trainer.get("default_root_dir") or ".")
+    logger = trainer.get("logger")
+    loggers = logger if isinstance(logger, list) else [logger]
+    runs = []
+    for each in loggers:
+        if each is False:
+            continue
+        args = (each.get("init_args") or {}) if hasattr(each, "get") else {}
+        save_dir = Path(args.get("save_dir") or root)
+        name = args.get("name", "lightning_logs")
+        runs.extend(sorted((save_dir / name if name else save_dir).glob("*/checkpoints")))
+    if logger is False:
+        runs.append(root / "checkpoints")
+    return explicit + runs
+
+
+def find_run_checkpoint(run_dirs: list[Path], which: str) -> Path:
+    """The best or last checkpoint of the latest run of a configuration.
+
+    The latest run is the run directory (``<save_dir>/<name>/version_N/checkpoints``, or a
+    ``ModelCheckpoint``'s explicit ``dirpath``) holding the most recently written checkpoint.
+    ``best`` is the ``best_model_path`` recorded by its ``ModelCheckpoint`` (read from the
+    newest checkpoint of that run), ``last`` is its ``last.ckpt``, else its newest checkpoint.
+
+    Args:
+        run_dirs: Checkpoint directories of the configuration's runs (from its logger and
+            checkpoint callbacks).
+        which: ``"best"`` or ``"last"``.
+
+    Returns:
+        The checkpoint's path.
+
+    Raises:
+        FileNotFoundError: If no run of this configuration has a checkpoint, or ``best`` was
+            recorded but its file is gone.
+    """
+    checkpoints = [path for directory in run_dirs for path in directory.glob("*.ckpt")]
+    if not checkpoints:
+        places = sorted({str(d) for d in run_dirs}) or "no run directory of this configuration"
+        raise FileNotFoundError(
+            f"--ckpt_path {which}: no checkpoint found (looked in {places}). Run `fit` first, or give the "
+            "checkpoint's path."
+        )
+    newest = max(checkpoints, key=lambda p: p.stat().st_mtime_ns)
+    run = newest.parent
+    if which == "last":
+        last = run / "last.ckpt"
+        return last if last.exists() else newest
+    state = torch.load(newest, map_location="cpu", weights_only=True, mmap=True)
+    for key, callback_state in (state.get("callbacks") or {}).items():
+        best = callback_state.get("best_model_path") if key.startswith("ModelCheckpoint") else None
+        if best:
+            for candidate in (Path(best), run / Path(best).name):
+                if candidate.exists():
+                    return candidate
+            raise FileNotFoundError(f"--ckpt_path best: the run's best checkpoint '{best}' no longer exists.")
+    return newest
+
+
+def check_checkpoint_file(path: str | Path) -> None:
+    """Fail early, naming the path, when ``--ckpt_path`` is not a readable Lightning checkpoint.
+
+    Args:
+        path: The checkpoint path.
+
+    Raises:
+        FileNotFoundError: If there is no such file.
+        ValueError: If it is a directory, empty, truncated, corrupt, or not a Lightning checkpoint.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--ckpt_path '{path}': no such file.")
+    if path.is_dir():
+        raise ValueError(f"--ckpt_path '{path}' is a directory; give a .ckpt file inside it.")
+    if path.stat().st_size == 0:
+        raise ValueError(f"--ckpt_path '{path}' is an empty file.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        if "global" in str(err).lower():
+            raise ValueError(
+                f"--ckpt_path '{path}' holds pickled Python objects that a safe load (weights_only=True, as "
+                "Lightning's CLI reads checkpoints) refuses; re-save it from Python, or load it there with "
+                "weights_only=False if you trust it."
+            ) from err
+        raise ValueError(
+            f"--ckpt_path '{path}' is not a readable checkpoint (corrupt or not made by torch.save)."
+        ) from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ValueError(f"--ckpt_path '{path}' is not a readable checkpoint (truncated or corrupt): {err}") from err
+    if not isinstance(state, Mapping) or "state_dict" not in state:
+        raise ValueError(
+            f"--ckpt_path '{path}' is not a Lightning checkpoint (no 'state_dict' entry); a bare model state_dict "
+            "belongs in the model's weights option, not in --ckpt_path."
+        )
+
+
 def checkpoint_agreement(ckpt_path: str, metrics: dict[str, torch.Tensor]) -> list[str]:
     """Lines comparing a checkpoint's recorded ModelCheckpoint score with fresh metrics.
 
@@ -87,7 +507,7 @@ def checkpoint_agreement(ckpt_path: str, metrics: dict[str, torch.Tensor]) -> li
         One line per monitored metric found in both, e.g.
         ``"val/fused/acc: checkpoint recorded 0.8320, validation now 0.8320"``.
     """
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     lines = []
     for key, state in checkpoint.get("callbacks", {}).items():
         if not key.startswith(ModelCheckpoint.__name__) or state.get("best_model_score") is None:
@@ -99,13 +519,31 @@ def checkpoint_agreement(ckpt_path: str, metrics: dict[str, torch.Tensor]) -> li
     return lines
 
 
+def _library_error(error: BaseException) -> bool:
+    """Whether ``error`` was raised by mslightning itself (its message is meant for the user)."""
+    frames = list(traceback.walk_tb(error.__traceback__))
+    package = str(Path(__file__).parent)
+    return bool(frames) and frames[-1][0].f_code.co_filename.startswith(package)
+
+
 def main(args: list[str] | None = None) -> None:
     """Run the ``mslightning`` command line.
+
+    Errors raised by mslightning (bad configuration, files, data, non-finite training) are
+    printed as one message, without a traceback (set ``MSLIGHTNING_TRACEBACK=1`` to see it),
+    and the command exits with status 1. Other errors keep their traceback.
 
     Args:
         args: Command-line arguments; ``None`` reads ``sys.argv``.
     """
-    MSLightningCLI(args=args)
+    try:
+        MSLightningCLI(args=args)
+    except (ValueError, FileNotFoundError, TypeError, RuntimeError) as error:
+        root = error.__cause__ if isinstance(error.__cause__, Exception) and _library_error(error.__cause__) else error
+        if os.environ.get("MSLIGHTNING_TRACEBACK") or not (_library_error(root) or _library_error(error)):
+            raise
+        sys.stderr.write(f"mslightning: error: {error}\n")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

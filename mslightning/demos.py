@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from mslightning.data.synthetic import StreamsTensorDataset
-from mslightning.modules.base import GroupedOptimizationModule
+from mslightning.modules.base import GroupedOptimizationModule, ParamGroups
 from mslightning.optim import ParamGroup
 
 __all__ = ["TinyStreamsDataModule", "TinyStreamsModel"]
@@ -95,7 +95,7 @@ class TinyStreamsModel(GroupedOptimizationModule):
         num_classes: int = 3,
         hidden: int = 16,
         optimizer: OptimizerCallable = torch.optim.AdamW,
-        param_groups: list[ParamGroup] | None = None,
+        param_groups: ParamGroups | None = None,
         no_weight_decay_on_norm_and_bias: bool = False,
     ) -> None:
         super().__init__(optimizer, param_groups, no_weight_decay_on_norm_and_bias)

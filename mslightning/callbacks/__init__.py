@@ -4,15 +4,23 @@
   TensorBoard, with plain-language recommendations.
 * :class:`PathwayAnalysis`: stream ablation every N epochs (accuracies alone/together, Shapley
   values, utilisation rates).
+* :class:`NonFiniteGuard`: stops training at the first NaN/Inf loss; no checkpoint holds
+  non-finite weights.
+* :class:`ClassProbabilityWriter`: ``predict`` writes class probabilities to a CSV file.
 """
 
 from mslightning.callbacks.advice import Advisor, EpochEvidence, Recommendation, StreamThresholds
+from mslightning.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
 from mslightning.callbacks.pathways import PathwayAnalysis, PathwayAnalyzable
+from mslightning.callbacks.predictions import ClassProbabilityWriter
 from mslightning.callbacks.stream_monitor import StreamMonitor
 
 __all__ = [
     "Advisor",
+    "ClassProbabilityWriter",
     "EpochEvidence",
+    "NonFiniteError",
+    "NonFiniteGuard",
     "PathwayAnalysis",
     "PathwayAnalyzable",
     "Recommendation",

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
 __all__ = [
     "DEFAULT_SIGNAL",
@@ -157,6 +157,8 @@ class SyntheticStreamsDataModule(LightningDataModule):
             ``< image_size // 2``); 0 disables it.
         shortcut_stream: Stream that receives the train-only shortcut, or None for none.
         shortcut_strength: Brightness added to the shortcut square, in noise units (``> 0``).
+        drop_last: Drop the incomplete last training batch (a batch of one sample breaks
+            BatchNorm in training: "Expected more than 1 value per channel").
 
     Raises:
         ValueError: On any invalid argument; the message names it and its value.
@@ -187,12 +189,20 @@ class SyntheticStreamsDataModule(LightningDataModule):
         max_shift: int = 2,
         shortcut_stream: str | None = None,
         shortcut_strength: float = 2.0,
+        drop_last: bool = True,
     ) -> None:
         super().__init__()
         self._validate(
             streams, signal, num_classes, image_size, train_size, val_size, test_size,
             batch_size, num_workers, noise, max_shift, shortcut_stream, shortcut_strength,
         )  # fmt: skip
+        if drop_last and train_size < batch_size:
+            raise ValueError(
+                f"train_size={train_size} is smaller than batch_size={batch_size}: with drop_last=True (the default, "
+                "so that no training batch holds a single sample for BatchNorm) there would be no training batch. "
+                "Lower batch_size or raise train_size."
+            )
+        self.drop_last = drop_last
         self.save_hyperparameters()
         self.stream_channels: dict[str, int] = dict(streams)
         self.signal: dict[str, float] = {
@@ -349,11 +359,9 @@ class SyntheticStreamsDataModule(LightningDataModule):
         prototypes = {name: self._prototypes(name) for name in self.stream_channels}
         self.train_set, self.val_set, self.test_set = (self._make_split(split, prototypes) for split in _SPLITS)
 
-    def _loader(self, dataset: StreamsTensorDataset | None, shuffle: bool, predict: bool = False) -> DataLoader:
+    def _loader(self, dataset: StreamsTensorDataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("Call setup() before requesting a dataloader.")
-        if predict:
-            dataset = StreamsTensorDataset(dataset.inputs, dataset.targets, with_targets=False)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -361,7 +369,8 @@ class SyntheticStreamsDataModule(LightningDataModule):
             generator=_generator("shuffle", self.seed) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            collate_fn=default_collate if predict else collate_streams,
+            collate_fn=collate_streams,
+            drop_last=shuffle and self.drop_last,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -377,5 +386,5 @@ class SyntheticStreamsDataModule(LightningDataModule):
         return self._loader(self.test_set, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        """Return test ``inputs`` dicts (name -> ``(B, C, H, W)``), no targets, in fixed order."""
-        return self._loader(self.test_set, shuffle=False, predict=True)
+        """Return the test batches ``(inputs, target)`` in fixed order (the targets go into the predictions file)."""
+        return self._loader(self.test_set, shuffle=False)

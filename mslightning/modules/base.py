@@ -2,40 +2,68 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from mslightning.callbacks.nonfinite import NonFiniteGuard
+from mslightning.modules.hparams import save_plain_hyperparameters
 from mslightning.optim import (
     ParamGroup,
     clip_grad_norm_per_group,
     configure_grouped_optimizers,
     forbid_replaced_configure_optimizers,
+    named_param_groups,
+    select_names,
 )
 
 __all__ = ["GroupedOptimizationModule"]
+
+ParamGroups = dict[str, ParamGroup] | list[ParamGroup]
+"""Named groups as a mapping name -> group (YAML's form) or as a list of named groups."""
+
+# hparams that do not describe the model (Lightning's and jsonargparse's bookkeeping)
+_BOOKKEEPING = ("_instantiator", "_class_path")
 
 
 class GroupedOptimizationModule(pl.LightningModule):
     """Base class: ``configure_optimizers`` from an injected optimizer and named param groups.
 
     Subclasses implement :meth:`default_param_groups` (used when ``param_groups`` is ``None``)
-    and, for :class:`~mslightning.callbacks.StreamMonitor`, set :attr:`stream_patterns`.
-    Per-group ``max_grad_norm`` clipping runs in ``configure_gradient_clipping``, after AMP
-    unscaling; the Trainer's own ``gradient_clip_val`` still applies afterwards to all groups.
+    and, for :class:`~mslightning.callbacks.StreamMonitor`, set :attr:`stream_patterns`. They
+    call :meth:`save_init_arguments` with their constructor arguments, so that every checkpoint
+    reloads with ``load_from_checkpoint(path)`` alone and with ``weights_only`` loading.
+
+    What the base adds to every subclass:
+
+    * Per-group ``max_grad_norm`` clipping in ``configure_gradient_clipping``, after AMP
+      unscaling; the Trainer's own ``gradient_clip_val`` still applies afterwards to all groups.
+    * A :class:`~mslightning.callbacks.NonFiniteGuard` (``configure_callbacks``) unless the
+      Trainer has one: a NaN/Inf loss stops ``fit`` before the step; no checkpoint holds
+      non-finite weights.
+    * A warning when ``validate``/``test``/``predict`` runs on weights that were neither trained
+      nor loaded (no ``ckpt_path``), and, when a checkpoint is loaded into a module configured
+      differently, a warning listing each setting whose value differs.
 
     Args:
         optimizer: Builds the optimizer from param groups (YAML: ``class_path``/``init_args`` of
             any ``torch.optim`` class). Its ``lr``/``weight_decay`` are the defaults of groups
             that do not set their own.
-        param_groups: The named groups; ``None`` uses :meth:`default_param_groups`. A group
-            without ``params`` whose name is one of the default groups' names takes that
-            default group's patterns, so ``{name: rgb, lr: 5.0e-4}`` is enough in YAML.
+        param_groups: The named groups, as a mapping name -> group (in YAML,
+            ``param_groups: {rgb: {lr: 5.0e-4}, depth: {...}}``, so that
+            ``--model.init_args.param_groups.rgb.lr`` addresses one group) or as a list of named groups;
+            ``None`` uses :meth:`default_param_groups`. A group without ``params`` whose name is
+            one of the default groups' names takes that default group's patterns, so
+            ``rgb: {lr: 5.0e-4}`` is enough. A default group whose part has no trainable
+            parameter (e.g. ``fusion`` with a parameter-free fusion) is left out, with a note.
         no_weight_decay_on_norm_and_bias: Exempt biases and normalisation weights from weight
             decay in every group that does not decide for itself.
     """
@@ -46,13 +74,31 @@ class GroupedOptimizationModule(pl.LightningModule):
     def __init__(
         self,
         optimizer: OptimizerCallable = torch.optim.AdamW,
-        param_groups: list[ParamGroup] | None = None,
+        param_groups: ParamGroups | None = None,
         no_weight_decay_on_norm_and_bias: bool = False,
     ) -> None:
         super().__init__()
         self.optimizer_factory = optimizer
-        self.param_group_specs = param_groups
+        self.param_group_specs = None if param_groups is None else named_param_groups(param_groups)
         self.no_weight_decay_on_norm_and_bias = no_weight_decay_on_norm_and_bias
+        self.loss_terms: dict[str, torch.Tensor] = {}
+        """The current training step's loss terms (name -> 0-dim tensor), read by NonFiniteGuard."""
+        self.weights_are_trained = False
+        """Whether the weights were trained (fit) or loaded (a checkpoint or a state_dict)."""
+        self.register_load_state_dict_post_hook(_mark_loaded)
+
+    def save_init_arguments(self, init_args: Mapping[str, Any]) -> None:
+        """Save the constructor arguments as plain hyper-parameters (see :mod:`~mslightning.modules.hparams`).
+
+        Args:
+            init_args: Constructor argument name -> value, e.g. ``locals()`` filtered to them.
+        """
+        skipped = save_plain_hyperparameters(self, init_args)
+        if skipped:
+            rank_zero_warn(
+                f"{type(self).__name__}: {skipped} cannot be stored in the checkpoint as plain data (a lambda or a "
+                "local class?); pass them to load_from_checkpoint again, or use importable classes/partials."
+            )
 
     def default_param_groups(self) -> list[ParamGroup]:
         """The groups used when none are configured: a single catch-all group ``"all"``.
@@ -63,24 +109,44 @@ class GroupedOptimizationModule(pl.LightningModule):
         return [ParamGroup("all")]
 
     def resolved_param_groups(self) -> list[ParamGroup]:
-        """The configured groups, with default patterns filled in by name.
+        """The configured groups, with default patterns filled in by name and empty parts left out.
 
         Returns:
             The groups :meth:`configure_optimizers` uses.
         """
+        trainable = [name for name, p in self.named_parameters() if p.requires_grad]
         defaults = {group.name: group for group in self.default_param_groups()}
+        empty = {
+            name
+            for name, group in defaults.items()
+            if group.params is not None and not select_names(trainable, group.params)
+        }
         if self.param_group_specs is None:
-            return list(defaults.values())
-        return [
-            replace(group, params=defaults[group.name].params)
-            if group.params is None and group.name in defaults and defaults[group.name].params is not None
-            else group
-            for group in self.param_group_specs
-        ]
+            return [group for name, group in defaults.items() if name not in empty]
+        resolved = []
+        for group in self.param_group_specs:
+            default = defaults.get(group.name)
+            if group.params is None and default is not None and default.params is not None:
+                if group.name in empty:
+                    rank_zero_info(
+                        f"{type(self).__name__}: parameter group {group.name!r} is skipped: its part "
+                        f"({default.params}) has no trainable parameter in this configuration."
+                    )
+                    continue
+                group = replace(group, params=default.params)
+            resolved.append(group)
+        return resolved
 
     @override
     def setup(self, stage: str) -> None:
         forbid_replaced_configure_optimizers(self)
+
+    @override
+    def configure_callbacks(self) -> Sequence[Callback] | Callback:
+        trainer_callbacks = self.trainer.callbacks if self._trainer is not None else []
+        if any(isinstance(callback, NonFiniteGuard) for callback in trainer_callbacks):
+            return []
+        return [NonFiniteGuard()]
 
     @override
     def configure_optimizers(self) -> Any:
@@ -100,3 +166,49 @@ class GroupedOptimizationModule(pl.LightningModule):
     ) -> None:
         clip_grad_norm_per_group(optimizer)
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    @override
+    def on_fit_start(self) -> None:
+        self.weights_are_trained = True
+
+    def _warn_if_untrained(self, stage: str) -> None:
+        if not self.weights_are_trained:
+            rank_zero_warn(
+                f"{stage} runs on freshly initialised, untrained weights of {type(self).__name__}: no checkpoint "
+                "was loaded. Pass --ckpt_path (a path, or `best`/`last` for the latest run's checkpoints), or "
+                "build the model with load_from_checkpoint(path)."
+            )
+
+    @override
+    def on_validation_start(self) -> None:
+        if self.trainer.state.fn != "fit":
+            self._warn_if_untrained("validate")
+
+    @override
+    def on_test_start(self) -> None:
+        self._warn_if_untrained("test")
+
+    @override
+    def on_predict_start(self) -> None:
+        self._warn_if_untrained("predict")
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("hyper_parameters") or {}
+        current = dict(self.hparams)
+        changed = [
+            f"{key}: checkpoint {saved[key]!r}, now {current[key]!r}"
+            for key in sorted(set(saved) & set(current))
+            if key not in _BOOKKEEPING and saved[key] != current[key]
+        ]
+        if changed:
+            rank_zero_warn(
+                f"{type(self).__name__}: the checkpoint was made with other settings than this model's. The weights "
+                "(and, when resuming fit, the optimizer's per-group hyper-parameters) come from the checkpoint; "
+                "every other setting is this model's:\n  " + "\n  ".join(changed)
+            )
+
+
+def _mark_loaded(module: torch.nn.Module, incompatible_keys: Any) -> None:
+    if isinstance(module, GroupedOptimizationModule):
+        module.weights_are_trained = True

@@ -14,10 +14,11 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from mslightning.modules.base import GroupedOptimizationModule
+from mslightning.modules.base import GroupedOptimizationModule, ParamGroups
 from mslightning.modules.pathways import PathwayReport, pathway_report
 from mslightning.nn import ConcatFusion, Fusion, ResNetStreamEncoder, StreamHeads
 from mslightning.optim import ParamGroup
+from mslightning.streams import check_classification_batch, check_stream_inputs, check_streams
 
 __all__ = ["DualStreamClassifier", "MultiStreamClassifier"]
 
@@ -51,8 +52,8 @@ class MultiStreamClassifier(GroupedOptimizationModule):
     Args:
         streams: Stream name -> input channels, in order (``{"rgb": 3, "depth": 1}``).
         num_classes: Number of classes K.
-        backbone: ``resnet18``, ``resnet34`` or ``resnet50``; one name for all streams or a
-            mapping stream -> name.
+        backbone: ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101`` or ``resnet152``; one
+            name for all streams or a mapping stream -> name.
         weights: Optional stream -> path of a torchvision ImageNet ``state_dict`` on local
             disk to initialise that stream's trunk (first conv adapted to its channels).
         fusion: Builds the fusion from stream -> feature width (YAML: ``class_path`` of a
@@ -81,20 +82,34 @@ class MultiStreamClassifier(GroupedOptimizationModule):
         label_smoothing: float = 0.0,
         dropout: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
-        param_groups: list[ParamGroup] | None = None,
+        param_groups: ParamGroups | None = None,
         no_weight_decay_on_norm_and_bias: bool = False,
     ) -> None:
         super().__init__(optimizer, param_groups, no_weight_decay_on_norm_and_bias)
-        self.save_hyperparameters(ignore=["optimizer", "fusion"])
-        streams = dict(streams) if streams is not None else {"rgb": 3, "depth": 1}
-        if not streams:
-            raise ValueError("MultiStreamClassifier needs at least one stream, got none.")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
-        if aux_weight < 0 or not 0 <= label_smoothing < 1:
-            raise ValueError(
-                f"Need aux_weight >= 0 and label_smoothing in [0, 1), got {aux_weight} and {label_smoothing}."
-            )
+        streams = check_streams(streams if streams is not None else {"rgb": 3, "depth": 1}, "streams")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+        if not aux_weight >= 0:
+            raise ValueError(f"aux_weight must be >= 0, got {aux_weight!r}.")
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}.")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
+        self.save_init_arguments(
+            {
+                "streams": streams,
+                "num_classes": num_classes,
+                "backbone": backbone,
+                "weights": weights,
+                "fusion": fusion,
+                "aux_weight": aux_weight,
+                "label_smoothing": label_smoothing,
+                "dropout": dropout,
+                "optimizer": optimizer,
+                "param_groups": param_groups,
+                "no_weight_decay_on_norm_and_bias": no_weight_decay_on_norm_and_bias,
+            }
+        )
         backbones = dict(backbone) if isinstance(backbone, Mapping) else dict.fromkeys(streams, backbone)
         weights = dict(weights or {})
         for what, mapping in (("backbone", backbones), ("weights", weights)):
@@ -104,8 +119,6 @@ class MultiStreamClassifier(GroupedOptimizationModule):
                     f"`{what}` must be given per configured stream {list(streams)}; got keys {list(mapping)}."
                 )
         self.streams = streams
-        # the resolved streams, so hparams merge with a datamodule's `streams` when a logger is attached
-        self.hparams["streams"] = streams
         self.num_classes = num_classes
         self.aux_weight = aux_weight
         self.label_smoothing = label_smoothing
@@ -115,7 +128,9 @@ class MultiStreamClassifier(GroupedOptimizationModule):
             try:
                 encoders[name] = ResNetStreamEncoder(backbones[name], channels, weights.get(name), name=name)
             except ValueError as err:
-                raise ValueError(f"Stream {name!r}: {err}") from err
+                if f"stream {name!r}" in str(err):
+                    raise
+                raise ValueError(f"backbone of stream {name!r}: {err}") from err
         self.encoders = nn.ModuleDict(encoders)
         widths = {name: encoder.out_features for name, encoder in self.encoders.items()}
         self.fusion = fusion(widths)
@@ -124,6 +139,7 @@ class MultiStreamClassifier(GroupedOptimizationModule):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.fusion.out_features, num_classes))
         self.aux_heads = StreamHeads(widths, num_classes, dropout)
         self.stream_patterns = {name: [f"encoders.{name}.*", f"aux_heads.{name}.*"] for name in streams}
+        self._checked_stages: set[str] = set()
 
         template = MetricCollection(
             {
@@ -143,15 +159,13 @@ class MultiStreamClassifier(GroupedOptimizationModule):
 
     @override
     def default_param_groups(self) -> list[ParamGroup]:
-        """One group per stream, ``fusion`` (if it has parameters) and ``head``.
+        """One group per stream, ``fusion`` and ``head`` (a parameter-free fusion's group is left out).
 
         Returns:
             The default groups.
         """
-        groups = [ParamGroup(name, patterns) for name, patterns in self.stream_patterns.items()]
-        if any(p.requires_grad for p in self.fusion.parameters()):
-            groups.append(ParamGroup("fusion", "fusion.*"))
-        return [*groups, ParamGroup("head", "head.*")]
+        streams = [ParamGroup(name, patterns) for name, patterns in self.stream_patterns.items()]
+        return [*streams, ParamGroup("fusion", "fusion.*"), ParamGroup("head", "head.*")]
 
     def check_inputs(self, inputs: Mapping[str, Tensor]) -> None:
         """Raise a clear error for missing or unexpected streams.
@@ -218,12 +232,19 @@ class MultiStreamClassifier(GroupedOptimizationModule):
         return self.fusion.internals()
 
     def _shared_step(self, batch: Batch, stage: str) -> dict[str, Any]:
+        if stage not in self._checked_stages:
+            # once per stage: labels out of range, float or (B, 1) targets, uint8 images and stream
+            # mismatches get a message naming both sides instead of a torch error later
+            check_classification_batch(batch, self.streams, self.num_classes, type(self).__name__)
+            self._checked_stages.add(stage)
         inputs, target = batch
         fused, stream_logits = self(inputs)
         ce = {
             out: F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
             for out, logits in {FUSED: fused, **stream_logits}.items()
         }
+        if stage == "train":
+            self.loss_terms = {out: term.detach() for out, term in ce.items()}
         aux_loss = sum(ce[name] for name in self.streams)
         # with aux_weight 0 the probes still learn (detached features), outside the model's loss
         loss = ce[FUSED] + (self.aux_weight * aux_loss if self.aux_weight > 0 else aux_loss)
@@ -255,8 +276,11 @@ class MultiStreamClassifier(GroupedOptimizationModule):
 
     @override
     def predict_step(self, batch: Batch | Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        """Class probabilities (B, K) of the fused prediction."""
+        """Class probabilities (B, K) of the fused prediction; batches are inputs or (inputs, target)."""
         inputs = batch if isinstance(batch, Mapping) else batch[0]
+        if "predict" not in self._checked_stages:
+            check_stream_inputs(inputs, self.streams, type(self).__name__)
+            self._checked_stages.add("predict")
         return self(inputs)[0].softmax(dim=1)
 
     @torch.no_grad()

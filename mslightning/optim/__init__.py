@@ -6,8 +6,13 @@
 * :class:`GroupLRScheduler` runs any torch scheduler on one group only, exactly.
 * :func:`configure_grouped_optimizers` returns what Lightning's ``configure_optimizers`` expects;
   :func:`clip_grad_norm_per_group` clips each group to its own norm.
+* :class:`SequentialSchedule` and :class:`ChainedSchedule` make torch's ``SequentialLR`` and
+  ``ChainedScheduler`` usable as one group's schedule from YAML.
+* Loading optimizer state refuses a changed schedule and reports other changed group settings
+  (:func:`check_group_configuration`).
 """
 
+from mslightning.optim.combined import ChainedSchedule, SequentialSchedule
 from mslightning.optim.groups import (
     NO_DECAY_SUFFIX,
     ParamGroup,
@@ -15,6 +20,7 @@ from mslightning.optim.groups import (
     build_param_groups,
     group_name_of,
     is_no_decay_parameter,
+    named_param_groups,
 )
 from mslightning.optim.lightning import (
     OptimizerFactory,
@@ -23,16 +29,21 @@ from mslightning.optim.lightning import (
     forbid_replaced_configure_optimizers,
 )
 from mslightning.optim.patterns import Patterns, matches_any, select_names
+from mslightning.optim.resume import ChangedSetting, check_group_configuration
 from mslightning.optim.schedule import GroupLRScheduler, check_group_names, guard_group_names_on_load
 
 __all__ = [
     "NO_DECAY_SUFFIX",
+    "ChainedSchedule",
+    "ChangedSetting",
     "GroupLRScheduler",
     "OptimizerFactory",
     "ParamGroup",
     "Patterns",
     "SchedulerSpec",
+    "SequentialSchedule",
     "build_param_groups",
+    "check_group_configuration",
     "check_group_names",
     "clip_grad_norm_per_group",
     "configure_grouped_optimizers",
@@ -41,5 +52,6 @@ __all__ = [
     "guard_group_names_on_load",
     "is_no_decay_parameter",
     "matches_any",
+    "named_param_groups",
     "select_names",
 ]

@@ -8,7 +8,7 @@ and its own gradient-clipping norm. See :class:`ParamGroup` and :func:`build_par
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeAlias
 
 import torch
@@ -26,13 +26,16 @@ __all__ = [
     "build_param_groups",
     "group_name_of",
     "is_no_decay_parameter",
+    "named_param_groups",
 ]
 
 NO_DECAY_SUFFIX = "/no_decay"
 """Appended to a group's name for its sub-group of biases and normalisation weights."""
 
-GROUP_KEYS = ("name", "max_grad_norm")
-"""Keys mslightning adds to each optimizer param-group dict besides the optimizer's own options."""
+GROUP_KEYS = ("name", "max_grad_norm", "schedule", "configured")
+"""Keys mslightning adds to each optimizer param-group dict besides the optimizer's own options
+(``"schedule"`` and ``"configured"`` describe the group's configuration for resume checks; see
+:mod:`mslightning.optim.resume`)."""
 
 SchedulerSpec: TypeAlias = Callable[[Optimizer], LRScheduler | ReduceLROnPlateau]
 """Builds a torch scheduler for a one-group optimizer (LightningCLI's ``LRSchedulerCallable``)."""
@@ -56,7 +59,8 @@ class ParamGroup:
 
     Attributes:
         name: The group's name; becomes the param-group dict's ``"name"``, so Lightning's
-            ``LearningRateMonitor`` logs ``lr-<Optimizer>/<name>``.
+            ``LearningRateMonitor`` logs ``lr-<Optimizer>/<name>``. Left out when the group is
+            a value of a mapping name -> group (:func:`named_param_groups`).
         params: Pattern(s) on ``named_parameters()`` names (fnmatch globs, or ``re:`` regexes;
             see :mod:`mslightning.optim.patterns`). ``None`` makes this the catch-all group that
             takes every trainable parameter no other group matched (at most one such group).
@@ -65,7 +69,8 @@ class ParamGroup:
             Exclusive with ``lr``.
         weight_decay: The group's weight decay. ``None`` uses the optimizer's.
         options: Any other per-group option the optimizer accepts (``momentum``, ``betas``,
-            ``eps``, ``nesterov``, ...).
+            ``eps``, ``nesterov``, ...). :func:`~mslightning.optim.configure_grouped_optimizers`
+            refuses an option the optimizer does not accept (it would be stored and never used).
         scheduler: This group's schedule: a callable taking a one-group optimizer and returning a
             torch scheduler (in YAML: ``class_path``/``init_args`` of any
             ``torch.optim.lr_scheduler`` class). ``None`` keeps the lr constant.
@@ -77,14 +82,17 @@ class ParamGroup:
             ``SequentialLR([LinearLR, schedule], milestones=[warmup])`` would).
         warmup_start_factor: The warm-up's first multiplier, in (0, 1].
         max_grad_norm: Clip this group's gradients to this total L2 norm (after AMP unscaling),
-            independently of the other groups. ``None`` disables.
+            independently of the other groups. ``None`` disables. Takes effect only where
+            ``configure_gradient_clipping`` calls :func:`~mslightning.optim.clip_grad_norm_per_group`
+            (as :class:`~mslightning.modules.GroupedOptimizationModule` does);
+            :func:`~mslightning.optim.configure_grouped_optimizers` refuses it otherwise.
         no_weight_decay_on_norm_and_bias: Put biases and normalisation weights (every parameter
             with fewer than two dimensions) into a sub-group ``<name>/no_decay`` with
             ``weight_decay=0`` that follows this group's schedule. ``None`` inherits the setting
             given to :func:`build_param_groups`.
     """
 
-    name: str
+    name: str | None = None
     params: str | list[str] | None = None
     lr: float | None = None
     lr_scale: float | None = None
@@ -100,6 +108,8 @@ class ParamGroup:
     no_weight_decay_on_norm_and_bias: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.name is None:
+            return  # a value of a mapping name -> group: validated once named (see `named_param_groups`)
         if not isinstance(self.name, str) or not self.name or "/" in self.name:
             raise ValueError(f"A parameter group needs a non-empty name without '/', got {self.name!r}.")
         if self.params is not None:
@@ -163,6 +173,35 @@ def group_name_of(param_group: Mapping[str, Any]) -> str:
         ``"rgb"`` for both ``"rgb"`` and its sub-group ``"rgb/no_decay"``.
     """
     return str(param_group["name"]).removesuffix(NO_DECAY_SUFFIX)
+
+
+def named_param_groups(groups: Mapping[str, ParamGroup] | Sequence[ParamGroup]) -> list[ParamGroup]:
+    """Normalise groups given as a list or as a mapping name -> group into a named list.
+
+    The mapping form is what YAML configs use (``param_groups: {rgb: {lr: 5.0e-4}}``): every
+    group is addressable by name from the command line (``--model.init_args.param_groups.rgb.lr 1e-3``).
+
+    Args:
+        groups: A sequence of named groups, or a mapping name -> group whose ``name`` is
+            ``None`` or equal to its key.
+
+    Returns:
+        The groups as a list, in order, each with its name set.
+
+    Raises:
+        ValueError: If a listed group has no name, or a mapped group's name differs from its key.
+    """
+    if isinstance(groups, Mapping):
+        named = []
+        for key, group in groups.items():
+            if group.name is not None and group.name != key:
+                raise ValueError(f"Parameter group {key!r} sets a different name {group.name!r}; leave `name` out.")
+            named.append(replace(group, name=key))
+        return named
+    for position, group in enumerate(groups):
+        if group.name is None:
+            raise ValueError(f"Parameter group #{position} (patterns {group.params}) has no name; give it one.")
+    return list(groups)
 
 
 def _assign(
@@ -257,6 +296,7 @@ def build_param_groups(
     """
     if not groups:
         raise ValueError("Expected at least one ParamGroup, got none.")
+    groups = named_param_groups(groups)
     if isinstance(named_params, nn.Module):
         named_params = named_params.named_parameters()
     members = _assign(list(named_params), groups)

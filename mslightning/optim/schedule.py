@@ -19,6 +19,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from mslightning.optim.groups import SchedulerSpec, group_name_of
+from mslightning.optim.resume import check_group_configuration, keep_configured_schedule_settings
 
 __all__ = ["GroupLRScheduler"]
 
@@ -209,12 +210,20 @@ def check_group_names(optimizer: Optimizer, saved_groups: Sequence[dict[str, Any
         )
 
 
-def _check_group_names_hook(optimizer: Optimizer, state_dict: dict[str, Any]) -> None:
+def _check_group_names_hook(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
     check_group_names(optimizer, state_dict["param_groups"])
+    check_group_configuration(optimizer, state_dict["param_groups"])
+    return keep_configured_schedule_settings(optimizer, state_dict)
 
 
 def guard_group_names_on_load(optimizer: Optimizer) -> Optimizer:
-    """Make ``optimizer.load_state_dict`` fail loudly when group names or order differ.
+    """Make ``optimizer.load_state_dict`` check the checkpoint's groups against the configuration.
+
+    Group names or order that differ raise ``ValueError`` (:func:`check_group_names`). Where
+    both sides carry the descriptions written by
+    :func:`~mslightning.optim.configure_grouped_optimizers`, a changed scheduler class or an
+    added or removed schedule raises ``ValueError`` and any other changed setting is reported
+    in a warning (:func:`~mslightning.optim.resume.check_group_configuration`).
 
     Args:
         optimizer: An optimizer whose param groups carry ``"name"`` keys.

@@ -64,12 +64,14 @@ def test_main_job_validate_reproduces_checkpoint_metrics(tmp_path, monkeypatch, 
         "false",
     ]
     fit = MSLightningCLI(args=["fit", "--config", str(config), *small])
-    best = Path(fit.trainer.checkpoint_callback.best_model_path)
-    assert best == tmp_path / "logs/dual_stream_synthetic/checkpoints/best.ckpt" and best.exists()
+    best = Path(fit.trainer.checkpoint_callback.best_model_path).resolve()
+    assert best == tmp_path / "logs/dual_stream_synthetic/version_0/checkpoints/best.ckpt" and best.exists()
     recorded = float(fit.trainer.checkpoint_callback.best_model_score)
     assert "tensorboard --logdir logs" in caplog.text
-    validate = MSLightningCLI(args=["validate", "--config", str(config), "--ckpt_path", str(best), *small])
+    # `best` in a new CLI process: the best checkpoint of the latest run, printed, then validated
+    validate = MSLightningCLI(args=["validate", "--config", str(config), "--ckpt_path", "best", *small])
+    assert "--ckpt_path best: using logs/dual_stream_synthetic/version_0/checkpoints/best.ckpt" in caplog.text
     assert float(validate.trainer.callback_metrics["val/fused/acc"]) == pytest.approx(recorded)
     (line,) = checkpoint_agreement(str(best), validate.trainer.callback_metrics)
     assert line.startswith("val/fused/acc: checkpoint recorded") and line in caplog.text
-    assert torch.load(best, weights_only=False)["state_dict"]
+    assert torch.load(best, weights_only=True)["state_dict"]

@@ -53,9 +53,10 @@ def test_batches_follow_the_contract():
             assert inputs[name].dtype == torch.float32
         assert target.shape == (8,) and target.dtype == torch.int64
         assert target.min() >= 0 and target.max() < 4
-    predict = next(iter(dm.predict_dataloader()))
+    predict, predict_target = next(iter(dm.predict_dataloader()))  # the test set, targets included
     assert isinstance(predict, dict) and predict["thermal"].shape == (8, 2, 16, 16)
     torch.testing.assert_close(predict["rgb"], dm.test_set.inputs["rgb"][:8])
+    torch.testing.assert_close(predict_target, dm.test_set.targets[:8])
     assert len(dm.train_dataloader().dataset) == 256
     assert len(dm.val_dataloader().dataset) == 128
     assert len(dm.test_dataloader().dataset) == 64
@@ -194,7 +195,8 @@ class _TinyClassifier(LightningModule):
         return F.cross_entropy(self(inputs), target)
 
     def predict_step(self, batch, batch_idx):
-        return self(batch)
+        inputs, _ = batch
+        return self(inputs)
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import os
-import pickle
 import random
 import re
 import sys
@@ -321,24 +320,12 @@ CLI_CASES = [
         LIBRARY,
         ["--ckpt_path", "'empty.ckpt'", "empty"],
         id="cli-ckpt_path-empty-file",
-        marks=pytest.mark.xfail(
-            strict=True,
-            raises=EOFError,
-            reason="bug: LightningCLI._parse_ckpt_path torch.loads the file (to read its hyper_parameters) in "
-            "LightningCLI.__init__, before MSLightningCLI's check_checkpoint_file: a bare EOFError with a traceback",
-        ),
     ),
     pytest.param(
         [*VALIDATE, "--ckpt_path", "random.bin"],
         LIBRARY,
         ["--ckpt_path", "'random.bin'", "not a readable checkpoint"],
         id="cli-ckpt_path-random-bytes",
-        marks=pytest.mark.xfail(
-            strict=True,
-            raises=pickle.UnpicklingError,
-            reason="bug: LightningCLI._parse_ckpt_path torch.loads the file before MSLightningCLI's "
-            "check_checkpoint_file: torch's 'Weights only load failed' UnpicklingError with a traceback",
-        ),
     ),
     pytest.param(
         [*VALIDATE, "--ckpt_path", "state_dict.pt"],

@@ -139,8 +139,11 @@ def test_default_groups_and_recipe_by_name():
     assert got["rgb"][:2] == (5e-4, 1e-3) and got["depth"][:2] == (5e-5, 5e-2) and got["head"][:2] == (1e-4, 2e-2)
     total = sum(len(pg["params"]) for pg in optimizer.param_groups)
     assert total == len(list(model.parameters()))
-    # concat fusion has no parameters, so no fusion group by default
-    assert [g.name for g in MultiStreamClassifier().default_param_groups()] == ["rgb", "depth", "head"]
+    # concat fusion has no parameters: its default group is left out, and a configured one is skipped
+    concat = MultiStreamClassifier()
+    assert [g.name for g in concat.resolved_param_groups()] == ["rgb", "depth", "head"]
+    concat.param_group_specs = [ParamGroup("rgb"), ParamGroup("depth"), ParamGroup("fusion"), ParamGroup("head")]
+    assert [g.name for g in concat.resolved_param_groups()] == ["rgb", "depth", "head"]
 
 
 @pytest.mark.parametrize(
@@ -160,7 +163,7 @@ def test_bad_inputs_name_the_stream(inputs, match):
 
 
 def test_bad_configuration():
-    with pytest.raises(ValueError, match=r"Stream 'depth'.*resnet99"):
+    with pytest.raises(ValueError, match=r"stream 'depth'.*resnet99"):
         MultiStreamClassifier(backbone={"rgb": "resnet18", "depth": "resnet99"})
     with pytest.raises(ValueError, match="backbone"):
         MultiStreamClassifier(backbone={"rgb": "resnet18"})

@@ -1,0 +1,124 @@
+"""Write ``predict`` outputs to a CSV file in the run directory."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+from typing_extensions import override
+
+__all__ = ["ClassProbabilityWriter"]
+
+
+class ClassProbabilityWriter(BasePredictionWriter):
+    """Writes class probabilities from ``predict`` to CSV, one row per sample, batch by batch.
+
+    ``predict_step`` returns class probabilities ``(B, K)``. The file has the columns
+    ``index`` (the sample's index in the predict dataset), ``target`` (when batches are
+    ``(inputs, target)`` pairs), ``predicted`` (the arg-max class) and one ``prob_<class>``
+    column per class (``<class>`` is the datamodule's ``class_names`` entry when it has them,
+    else the class index). Rows are written as batches arrive, so nothing accumulates in memory.
+
+    The file goes to ``output_dir`` if given, else to the run directory (the logger's
+    ``log_dir``, e.g. ``logs/<name>/version_3/``, a new one for every ``predict``), else to the
+    Trainer's ``default_root_dir``. An existing file is never replaced: a numbered name
+    (``predictions-v1.csv``) is used instead. Under DDP every rank writes its own file
+    (``predictions-rank1.csv``, ...). The path is printed when ``predict`` ends and kept in
+    :attr:`path`.
+
+    Args:
+        filename: File name; must end in ``.csv``.
+        output_dir: Directory to write into, instead of the run directory.
+
+    Raises:
+        ValueError: If ``filename`` does not end in ``.csv`` or contains a directory part.
+    """
+
+    def __init__(self, filename: str = "predictions.csv", output_dir: str | Path | None = None) -> None:
+        super().__init__(write_interval="batch")
+        if not filename.endswith(".csv") or Path(filename).name != filename:
+            raise ValueError(f"ClassProbabilityWriter: filename must be a plain '*.csv' file name, got {filename!r}.")
+        self.filename = filename
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.path: Path | None = None
+        self._file: IO[str] | None = None
+        self._writer: Any = None
+        self._next_index = 0
+
+    def _target_path(self, trainer: pl.Trainer) -> Path:
+        directory = self.output_dir or Path(trainer.log_dir or trainer.default_root_dir)
+        stem = Path(self.filename).stem
+        if trainer.world_size > 1:
+            stem = f"{stem}-rank{trainer.global_rank}"
+        path = directory / f"{stem}.csv"
+        version = 0
+        while path.exists():
+            version += 1
+            path = directory / f"{stem}-v{version}.csv"
+        return path
+
+    @override
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.path = self._target_path(trainer)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("x", newline="")
+        self._writer = None
+        self._next_index = 0
+
+    def _header(self, trainer: pl.Trainer, num_classes: int, with_target: bool) -> list[str]:
+        names: Sequence[Any] | None = getattr(trainer.datamodule, "class_names", None)
+        if names is None or len(names) != num_classes:
+            names = range(num_classes)
+        return ["index", *(["target"] if with_target else []), "predicted", *(f"prob_{name}" for name in names)]
+
+    @override
+    def write_on_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: Any,
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not isinstance(prediction, Tensor) or prediction.ndim != 2:
+            shape = tuple(prediction.shape) if isinstance(prediction, Tensor) else type(prediction).__name__
+            raise ValueError(
+                f"ClassProbabilityWriter expects predict_step to return class probabilities (B, K), got {shape}."
+            )
+        target = (
+            batch[1] if isinstance(batch, list | tuple) and len(batch) == 2 and isinstance(batch[0], Mapping) else None
+        )
+        if self._writer is None:
+            self._writer = csv.writer(self._file)
+            self._writer.writerow(self._header(trainer, prediction.shape[1], target is not None))
+        count = prediction.shape[0]
+        indices = list(batch_indices) if batch_indices else range(self._next_index, self._next_index + count)
+        self._next_index += count
+        probabilities = prediction.detach().float().cpu()
+        predicted = probabilities.argmax(dim=1).tolist()
+        targets = target.detach().cpu().tolist() if isinstance(target, Tensor) else None
+        for row, (index, probs) in enumerate(zip(indices, probabilities.tolist(), strict=True)):
+            fields = [index, *([targets[row]] if targets is not None else []), predicted[row]]
+            self._writer.writerow([*fields, *(f"{p:.6g}" for p in probs)])
+
+    @override
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close()
+        rank_zero_info(f"\nPredictions ({self._next_index} rows): {self.path}\n")
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
