@@ -1,8 +1,8 @@
 """Every code block of README.md and docs/*.md runs as written.
 
 ``python`` blocks run one by one, each in a fresh namespace and an empty working directory;
-``yaml`` blocks that configure the CLI (``model:``/``data:``/``trainer:``) are laid over the main
-job's config and must parse (``--print_config``). ``bash`` and ``text`` blocks are not run here
+``yaml`` blocks that configure the CLI (``model:``/``data:``/``trainer:``) are laid over a minimal
+config (the classifier on the synthetic data) and must parse (``--print_config``). ``bash`` and ``text`` blocks are not run here
 (the configs' tests run the commands).
 """
 
@@ -16,7 +16,10 @@ from mslightning.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-MAIN_CONFIG = ROOT / "configs/dual_stream/synthetic.yaml"
+BASE_CONFIG = """\
+model: {class_path: mslightning.modules.MultiStreamClassifier}
+data: {class_path: mslightning.data.SyntheticStreamsDataModule}
+"""
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
 
 
@@ -44,8 +47,9 @@ def test_yaml_block_parses(doc, line, code, tmp_path, capsys):
     assert isinstance(config, dict)
     if not {"model", "data", "trainer"} & set(config):
         pytest.skip("not a CLI configuration")
-    block = tmp_path / "block.yaml"
+    base, block = tmp_path / "base.yaml", tmp_path / "block.yaml"
+    base.write_text(BASE_CONFIG)
     block.write_text(code)
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(MAIN_CONFIG), "--config", str(block), "--print_config"])
+        main(["fit", "--config", str(base), "--config", str(block), "--print_config"])
     assert exit_info.value.code == 0, capsys.readouterr().err
