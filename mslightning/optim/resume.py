@@ -237,7 +237,14 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-_UNSET = object()
+class _Unset:
+    """Stands for a setting one side does not have; shown as ``not set``."""
+
+    def __repr__(self) -> str:
+        return "not set"
+
+
+_UNSET = _Unset()
 
 
 @dataclass(frozen=True)
@@ -248,8 +255,8 @@ class ChangedSetting:
         group: The optimizer param group's name (``"rgb"``, ``"rgb/no_decay"``).
         setting: The setting: a hyper-parameter (``"weight_decay"``), ``"scheduler <arg>"``, or
             one of ``"warmup"``, ``"warmup_start_factor"``, ``"interval"``, ``"frequency"``.
-        checkpoint: The checkpoint's value (``"not set"`` if absent there).
-        configuration: The configuration's value (``"not set"`` if absent there).
+        checkpoint: The checkpoint's value (a placeholder shown as ``not set`` if absent there).
+        configuration: The configuration's value (likewise).
         used: ``"checkpoint"`` or ``"configuration"``: whose value is in effect after loading.
     """
 
@@ -281,15 +288,7 @@ def _differences(
     for key in [*current, *(key for key in saved if key not in current)]:
         a, b = saved.get(key, _UNSET), current.get(key, _UNSET)
         if a is _UNSET or b is _UNSET or not _same(a, b):
-            changes.append(
-                ChangedSetting(
-                    group,
-                    prefix + key,
-                    "not set" if a is _UNSET else a,
-                    "not set" if b is _UNSET else b,
-                    used,
-                )
-            )
+            changes.append(ChangedSetting(group, prefix + key, a, b, used))
     return changes
 
 

@@ -68,6 +68,7 @@ class Record(Callback):
 
     def on_train_end(self, trainer, pl_module):
         self.schedulers = {c.scheduler.group: c.scheduler for c in trainer.lr_scheduler_configs}
+        self.max_grad_norms = {pg["name"]: pg["max_grad_norm"] for pg in trainer.optimizers[0].param_groups}
 
 
 def fit(root, max_epochs, param_groups, ckpt_path=None):
@@ -155,11 +156,11 @@ def test_changed_scheduler_argument_is_reported_and_the_checkpoints_is_used(tmp_
 
 
 def test_changed_hyper_parameters_are_reported_and_the_checkpoints_are_used(tmp_path, checkpoint):
-    changed = groups(rgb={"weight_decay": 0.05, "options": {"betas": (0.8, 0.99)}})
+    changed = groups(rgb={"weight_decay": 0.05, "options": {"betas": (0.8, 0.99)}}, head={"max_grad_norm": 2.0})
     record, ours = resume(tmp_path, checkpoint, changed)
     (message,) = ours
     assert message.splitlines()[0] == (
-        "The checkpoint's parameter-group settings differ from the configuration in 3 place(s); "
+        "The checkpoint's parameter-group settings differ from the configuration in 5 place(s); "
         "after loading, each uses the value shown:"
     )
     assert (
@@ -169,14 +170,18 @@ def test_changed_hyper_parameters_are_reported_and_the_checkpoints_are_used(tmp_
     # the /no_decay sub-group shares the options but keeps weight_decay 0 in both
     assert "group 'rgb/no_decay': betas: checkpoint [0.9, 0.999], configuration [0.8, 0.99]" in message
     assert "group 'rgb/no_decay': weight_decay" not in message
+    assert "group 'head': max_grad_norm: checkpoint 0.5, configuration 2.0 -> 0.5 is used" in message
+    assert "group 'head/no_decay': max_grad_norm: checkpoint 0.5, configuration 2.0" in message
     # what actually happened: torch restored the checkpoint's hyper-parameters
     assert {row["rgb"][1] for row in record.rows} == {0.01}
+    assert record.max_grad_norms["head"] == record.max_grad_norms["head/no_decay"] == 0.5
 
 
 def test_changed_warmup_is_reported_and_the_configurations_is_used(tmp_path, checkpoint):
     record, ours = resume(tmp_path, checkpoint, groups(head={"warmup": 3}))
     (message,) = ours
     assert "group 'head': warmup: checkpoint 5, configuration 3 -> 3 is used (the configuration's)" in message
+    assert "warmup_start_factor" not in message  # unchanged
     assert record.schedulers["head"].warmup == 3
     # the next checkpoint describes what was in effect, and loads with weights_only=True
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
@@ -259,3 +264,18 @@ def test_lr_lambda_is_not_compared_and_the_configured_function_is_used():
     optimizer.step()
     scheduler.step()
     assert optimizer.param_groups[0]["lr"] == 0.1 * third(3)
+
+
+def test_warmup_added_lists_the_start_factor_as_not_set_in_the_checkpoint():
+    model = torch.nn.ModuleDict({"a": torch.nn.Linear(2, 2), "b": torch.nn.Linear(2, 2)})
+
+    def build(warmup):
+        groups = [ParamGroup("a", "a.*", scheduler=partial(StepLR, step_size=2), warmup=warmup), ParamGroup("b")]
+        return configure_grouped_optimizers(model, partial(torch.optim.SGD, lr=0.1), groups)[0][0]
+
+    saved = build(0).state_dict()
+    rows = [change.describe() for change in check_group_configuration(build(3), saved["param_groups"], warn=False)]
+    assert rows == [
+        "group 'a': warmup: checkpoint 0, configuration 3 -> 3 is used (the configuration's)",
+        "group 'a': warmup_start_factor: checkpoint not set, configuration 0.01 -> 0.01 is used (the configuration's)",
+    ]
