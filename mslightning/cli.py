@@ -30,6 +30,7 @@ Optimizers, named parameter groups and per-group schedules are configured under 
 
 from __future__ import annotations
 
+import glob
 import os
 import pickle
 import re
@@ -385,15 +386,15 @@ def _plain_model_args(parser: LightningArgumentParser, config: Any) -> dict[str,
     return {**(model.get("init_args") or {}), **(model.get("dict_kwargs") or {})} if isinstance(model, dict) else {}
 
 
-def _run_dirs_from_config(trainer: Any) -> list[Path]:
-    """Where the runs of a configuration keep checkpoints, read from its ``trainer`` section.
+def _run_dirs_from_config(trainer: Any) -> list[str]:
+    """Where the runs of a configuration keep checkpoints (glob patterns), read from its ``trainer`` section.
 
     An explicit ``ModelCheckpoint.dirpath``; else the logger's runs
     (``<save_dir>/<name>/*/checkpoints``, Lightning's defaults where the logger sets none).
     """
     trainer = trainer or {}
     explicit = [
-        Path(callback["init_args"]["dirpath"])
+        str(callback["init_args"]["dirpath"])
         for callback in trainer.get("callbacks") or []
         if hasattr(callback, "get")
         and "ModelCheckpoint" in str(callback.get("class_path"))
@@ -409,13 +410,13 @@ def _run_dirs_from_config(trainer: Any) -> list[Path]:
         args = (each.get("init_args") or {}) if hasattr(each, "get") else {}
         save_dir = Path(args.get("save_dir") or root)
         name = args.get("name", "lightning_logs")
-        runs.extend(sorted((save_dir / name if name else save_dir).glob("*/checkpoints")))
+        runs.append(str((save_dir / name if name else save_dir) / "*" / "checkpoints"))
     if logger is False:
-        runs.append(root / "checkpoints")
+        runs.append(str(root / "checkpoints"))
     return explicit + runs
 
 
-def find_run_checkpoint(run_dirs: list[Path], which: str) -> Path:
+def find_run_checkpoint(run_dirs: list[str], which: str) -> Path:
     """The best or last checkpoint of the latest run of a configuration.
 
     The latest run is the run directory (``<save_dir>/<name>/version_N/checkpoints``, or a
@@ -424,8 +425,9 @@ def find_run_checkpoint(run_dirs: list[Path], which: str) -> Path:
     newest checkpoint of that run), ``last`` is its ``last.ckpt``, else its newest checkpoint.
 
     Args:
-        run_dirs: Checkpoint directories of the configuration's runs (from its logger and
-            checkpoint callbacks).
+        run_dirs: Checkpoint directories of the configuration's runs, as glob patterns such
+            as ``"logs/dual_stream_synthetic/*/checkpoints"`` (from its logger and checkpoint
+            callbacks).
         which: ``"best"`` or ``"last"``.
 
     Returns:
@@ -435,12 +437,11 @@ def find_run_checkpoint(run_dirs: list[Path], which: str) -> Path:
         FileNotFoundError: If no run of this configuration has a checkpoint, or ``best`` was
             recorded but its file is gone.
     """
-    checkpoints = [path for directory in run_dirs for path in directory.glob("*.ckpt")]
+    checkpoints = [Path(path) for pattern in run_dirs for path in glob.glob(os.path.join(pattern, "*.ckpt"))]
     if not checkpoints:
-        places = sorted({str(d) for d in run_dirs}) or "no run directory of this configuration"
         raise FileNotFoundError(
-            f"--ckpt_path {which}: no checkpoint found (looked in {places}). Run `fit` first, or give the "
-            "checkpoint's path."
+            f"--ckpt_path {which}: no checkpoint found for this configuration (looked in {run_dirs}). Run `fit` "
+            "first, or give the checkpoint's path."
         )
     newest = max(checkpoints, key=lambda p: p.stat().st_mtime_ns)
     run = newest.parent
