@@ -15,7 +15,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from mslightning.callbacks.nonfinite import NonFiniteGuard
-from mslightning.modules.hparams import save_plain_hyperparameters
+from mslightning.modules.hparams import canonical_config, canonical_param_groups, save_plain_hyperparameters
 from mslightning.optim import (
     ParamGroup,
     clip_grad_norm_per_group,
@@ -196,11 +196,12 @@ class GroupedOptimizationModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("hyper_parameters") or {}
         current = dict(self.hparams)
-        changed = [
-            f"{key}: checkpoint {saved[key]!r}, now {current[key]!r}"
-            for key in sorted(set(saved) & set(current))
-            if key not in _BOOKKEEPING and saved[key] != current[key]
-        ]
+        changed = []
+        for key in sorted(set(saved) & set(current) - set(_BOOKKEEPING)):
+            canonical = canonical_param_groups if key == "param_groups" else canonical_config
+            before, now = canonical(saved[key]), canonical(current[key])
+            if before != now:
+                changed.append(f"{key}: checkpoint {before!r}, now {now!r}")
         if changed:
             rank_zero_warn(
                 f"{type(self).__name__}: the checkpoint was made with other settings than this model's. The weights "

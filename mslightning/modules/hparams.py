@@ -22,7 +22,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
-__all__ = ["NotPlainError", "save_plain_hyperparameters", "to_plain"]
+__all__ = ["NotPlainError", "canonical_config", "canonical_param_groups", "save_plain_hyperparameters", "to_plain"]
 
 LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 
@@ -127,3 +127,89 @@ def save_plain_hyperparameters(module: pl.LightningModule, init_args: Mapping[st
     plain.update(_class_path=_import_path(type(module)), _instantiator=LIGHTNING_INSTANTIATOR)
     module.save_hyperparameters(plain)
     return skipped
+
+
+def _signature_defaults(obj: Any) -> dict[str, Any]:
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
+
+
+def canonical_config(value: Any) -> Any:
+    """One form for equal configurations, so that hyper-parameters written differently compare equal.
+
+    ``{"class_path": ...}`` entries get the class's own module path (``mslightning.nn.GatedFusion``
+    and ``mslightning.nn.fusion.GatedFusion`` are one class) and lose init arguments equal to the
+    class's defaults (LightningCLI writes every default, Python only what was given).
+
+    Args:
+        value: Plain data, as stored in ``hparams``.
+
+    Returns:
+        The canonical form of ``value``.
+    """
+    if isinstance(value, Mapping) and "class_path" in value:
+        path = str(value["class_path"])
+        module_name, _, attr = path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+            path, defaults = f"{cls.__module__}.{cls.__qualname__}", _signature_defaults(cls)
+        except (ImportError, AttributeError, ValueError):
+            defaults = {}
+        init_args = {
+            key: canonical_config(item)
+            for key, item in (value.get("init_args") or {}).items()
+            if not (key in defaults and canonical_config(item) == canonical_config(to_plain_or_none(defaults[key])))
+        }
+        return {"class_path": path, "init_args": init_args}
+    if isinstance(value, Mapping):
+        return {key: canonical_config(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [canonical_config(item) for item in value]
+    return value
+
+
+def canonical_param_groups(value: Any) -> Any:
+    """Parameter groups (a list of named groups or a mapping name -> settings) as one canonical mapping.
+
+    Args:
+        value: Plain ``param_groups`` as stored in ``hparams``, or ``None``.
+
+    Returns:
+        Mapping name -> settings without the settings at :class:`~mslightning.optim.ParamGroup`'s
+        defaults, each value in :func:`canonical_config` form; ``value`` itself if it is neither.
+    """
+    from mslightning.optim import ParamGroup  # optim does not depend on modules
+
+    if isinstance(value, list) and all(isinstance(group, Mapping) and "name" in group for group in value):
+        value = {group["name"]: group for group in value}
+    if not isinstance(value, Mapping):
+        return value
+    defaults = {field.name: _field_default(field) for field in dataclasses.fields(ParamGroup)}
+    return {
+        name: {
+            key: canonical_config(item)
+            for key, item in (settings or {}).items()
+            if key != "name" and item != defaults.get(key, dataclasses.MISSING)
+        }
+        for name, settings in value.items()
+    }
+
+
+def to_plain_or_none(value: Any) -> Any:
+    """:func:`to_plain`, or ``None`` for a value without a plain form.
+
+    Args:
+        value: Any value.
+
+    Returns:
+        The plain form, or ``None``.
+    """
+    try:
+        return to_plain(value)
+    except NotPlainError:
+        return None
+

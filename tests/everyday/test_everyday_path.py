@@ -2,6 +2,7 @@
 
 import csv
 import os
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -142,3 +143,37 @@ def test_second_config_cannot_silently_drop_groups(tmp_path, monkeypatch, capsys
     optimizer = cli.model.configure_optimizers()[0][0]
     lrs = {pg["name"]: pg["lr"] for pg in optimizer.param_groups}
     assert lrs["depth"] == 1e-5 and lrs["rgb"] == 2e-3 and lrs["fusion"] == 3e-3
+
+
+def _python_twin_of_the_main_job(aux_weight):
+    """The main config's model, built in Python (compact hparams where the CLI wrote every default)."""
+    from torch.optim.lr_scheduler import CosineAnnealingLR
+
+    from mslightning.nn import WeightedFusion
+
+    return MultiStreamClassifier(
+        streams={"rgb": 3, "depth": 1},
+        num_classes=4,
+        fusion=partial(WeightedFusion, dim=128),
+        aux_weight=aux_weight,
+        optimizer=partial(torch.optim.AdamW, lr=1e-3, weight_decay=1e-2),
+        no_weight_decay_on_norm_and_bias=True,
+        param_groups={
+            "rgb": ParamGroup(lr=2e-3),
+            "depth": ParamGroup(),
+            "fusion": ParamGroup(lr=3e-3),
+            "head": ParamGroup(lr=3e-3, interval="step", warmup=10, scheduler=partial(CosineAnnealingLR, T_max=60)),
+        },
+    )
+
+
+@pytest.mark.parametrize(("aux_weight", "reported"), [(0.5, []), (0.25, ["aux_weight: checkpoint 0.5, now 0.25"])])
+def test_loading_a_cli_checkpoint_reports_only_real_differences(in_run_dir, aux_weight, reported):
+    best = in_run_dir / "logs/dual_stream_synthetic/version_0/checkpoints/best.ckpt"
+    data = SyntheticStreamsDataModule(image_size=16, train_size=16, val_size=8, batch_size=8)
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, limit_val_batches=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.validate(_python_twin_of_the_main_job(aux_weight), data, ckpt_path=best, verbose=False)
+    messages = [str(w.message) for w in caught if "other settings" in str(w.message)]
+    assert [line.strip() for m in messages for line in m.splitlines()[1:]] == reported
