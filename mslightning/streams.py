@@ -1,9 +1,9 @@
 """What a stream is: the name rule and the checks a multi-stream classification batch must pass.
 
 A *stream* is one named input of a multi-stream network (``rgb``, ``depth``, ...). Names come
-from the user and end up in parameter names (``encoders.rgb.*``), metric keys
-(``val/rgb/acc``) and group names, so one rule applies everywhere: a non-empty string without
-``/`` or ``.`` and without surrounding whitespace.
+from the user and end up in module and parameter names (``encoders.rgb.*``: torch forbids ``.``
+there), TensorBoard tags (``streams/grad_norm/rgb``) and group names, so one rule applies
+everywhere (:data:`STREAM_NAME_PATTERN`): letters, digits, ``_`` and ``-``.
 
 The batch contract of every classification datamodule and module is ``(inputs, target)``:
 ``inputs`` maps each stream name to a floating-point tensor ``(B, C_m, H, W)`` (or ``(B, D_m)``
@@ -14,15 +14,23 @@ names what disagrees, before torch would fail with a less helpful message.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["check_classification_batch", "check_stream_inputs", "check_stream_name", "check_streams"]
+__all__ = [
+    "STREAM_NAME_PATTERN",
+    "check_classification_batch",
+    "check_stream_inputs",
+    "check_stream_name",
+    "check_streams",
+]
 
-_FORBIDDEN = ("/", ".")
+STREAM_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
+"""What a stream name may be: letters, digits, ``_`` and ``-`` (matched in full)."""
 
 
 def check_stream_name(name: Any, origin: str = "streams") -> str:
@@ -36,13 +44,12 @@ def check_stream_name(name: Any, origin: str = "streams") -> str:
         The name, unchanged.
 
     Raises:
-        ValueError: If ``name`` is not a non-empty string, contains ``/`` or ``.``, or has
-            leading or trailing whitespace.
+        ValueError: If ``name`` does not match :data:`STREAM_NAME_PATTERN`.
     """
-    if not isinstance(name, str) or not name or name != name.strip() or any(c in name for c in _FORBIDDEN):
+    if not isinstance(name, str) or not STREAM_NAME_PATTERN.fullmatch(name):
         raise ValueError(
-            f"{origin}: stream names must be non-empty strings without '/', '.' or surrounding spaces "
-            f"(they become parts of parameter names and metric keys), got {name!r}."
+            f"{origin}: stream name {name!r} is not valid: use letters, digits, '_' and '-' (stream names "
+            "become parts of parameter names and TensorBoard tags)."
         )
     return name
 

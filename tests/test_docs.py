@@ -1,9 +1,9 @@
 """Every code block of README.md and docs/*.md runs as written.
 
 ``python`` blocks run one by one, each in a fresh namespace and an empty working directory;
-``yaml`` blocks that configure the CLI (``model:``/``data:``/``trainer:``) are laid over a minimal
-config (the classifier on the synthetic data) and must parse (``--print_config``). ``bash`` and ``text`` blocks are not run here
-(the configs' tests run the commands).
+``yaml`` blocks that configure the CLI (``model:``/``data:``/``trainer:``) are laid over a
+minimal config (the classifier on the synthetic data) and must parse (``--print_config``).
+``bash`` and ``text`` blocks are not run here (the configs' tests run the commands).
 """
 
 import re

@@ -44,10 +44,10 @@ from mslightning.callbacks.stream_stats import (
     weight_stats,
 )
 from mslightning.optim.patterns import Patterns, as_pattern_list, describe_names, select_names
+from mslightning.streams import STREAM_NAME_PATTERN, check_stream_name
 
 __all__ = ["STEP_METRICS", "STREAM_NAME_PATTERN", "StreamMonitor"]
 
-STREAM_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.\-]+")
 """Stream names must match this (they become parts of TensorBoard tags)."""
 
 STEP_METRICS = (
@@ -320,11 +320,7 @@ class StreamMonitor(EpochEndCallback):
             )
         resolved = {}
         for name, patterns in streams.items():
-            if not isinstance(name, str) or not STREAM_NAME_PATTERN.fullmatch(name):
-                raise ValueError(
-                    f"Stream name {name!r} in {origin} is not valid: use letters, digits, '_', '.' and '-' "
-                    "(it becomes part of TensorBoard tags)."
-                )
+            check_stream_name(name, origin)
             try:
                 resolved[name] = as_pattern_list(patterns)
             except ValueError as err:

@@ -39,6 +39,8 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from mslightning.streams import check_streams
+
 __all__ = [
     "DEFAULT_SIGNAL",
     "PROTOTYPE_NORM",
@@ -238,13 +240,7 @@ class SyntheticStreamsDataModule(LightningDataModule):
         shortcut_stream: str | None,
         shortcut_strength: float,
     ) -> None:
-        if not streams:
-            raise ValueError("streams must name at least one stream, got an empty mapping.")
-        for name, channels in streams.items():
-            if not isinstance(name, str) or not name:
-                raise ValueError(f"Stream names must be non-empty strings, got {name!r}.")
-            if channels < 1:
-                raise ValueError(f"streams[{name!r}] (channels) must be >= 1, got {channels}.")
+        check_streams(streams, "streams")
         for name, strength in (signal or {}).items():
             if name not in streams:
                 raise ValueError(f"signal names unknown stream {name!r}; streams are {list(streams)}.")

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
+from mslightning.streams import check_stream_name
+
 __all__ = [
     "AttentionFusion",
     "ConcatFusion",
@@ -61,8 +63,7 @@ def check_in_features(in_features: Mapping[str, int], owner: str = "Fusion") -> 
     if not isinstance(in_features, Mapping) or not in_features:
         raise ValueError(f"{owner} needs a non-empty mapping stream name -> feature width, got {in_features!r}.")
     for name, width in in_features.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"{owner}: stream names must be non-empty strings, got {name!r}.")
+        check_stream_name(name, owner)
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise ValueError(f"{owner}: stream '{name}' feature width must be a positive int, got {width!r}.")
     return dict(in_features)

@@ -200,7 +200,7 @@ def test_batch_size_mismatch_named() -> None:
     [
         (lambda: ConcatFusion({}), "non-empty mapping"),
         (lambda: ConcatFusion({"rgb": 0}), "stream 'rgb' feature width must be a positive int, got 0"),
-        (lambda: ConcatFusion({"": 3}), "non-empty strings, got ''"),
+        (lambda: ConcatFusion({"": 3}), "stream name '' is not valid"),
         (lambda: SumFusion({"rgb": 4, "depth": 6}), "pass dim=<int>"),
         (lambda: GatedFusion({"rgb": 4}, dim=0), "dim must be a positive int or None, got 0"),
         (lambda: GatedFusion({"rgb": 4}, hidden=-1), "hidden must be a positive int or None, got -1"),
