@@ -212,4 +212,3 @@ def to_plain_or_none(value: Any) -> Any:
         return to_plain(value)
     except NotPlainError:
         return None
-
