@@ -31,6 +31,7 @@ Optimizers, named parameter groups and per-group schedules are configured under 
 from __future__ import annotations
 
 import glob
+import inspect
 import os
 import pickle
 import re
@@ -174,8 +175,13 @@ class MSLightningCLI(LightningCLI):
         Args:
             parser: The subcommand's parser.
         """
-        for source, target in LINKS.items():
-            parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
+        if self.subclass_mode_model:
+            targets = {source: f"model.init_args.{target}" for source, target in LINKS.items()}
+        else:  # a fixed model class: link only the arguments it has
+            accepted = inspect.signature(self._model_class.__init__).parameters
+            targets = {source: f"model.{target}" for source, target in LINKS.items() if target in accepted}
+        for source, target in targets.items():
+            parser.link_arguments(f"data.{source}", target, apply_on="instantiate")
 
     # ------------------------------------------------------------------ parsing and building
 
@@ -213,7 +219,8 @@ class MSLightningCLI(LightningCLI):
         if self.datamodule is None:
             return
         config = self.config.get(self.subcommand) if self.subcommand else self.config
-        model_args = (config.get("model") or {}).get("init_args") or {}
+        model_config = config.get("model") or {}
+        model_args = (model_config.get("init_args") or {}) if self.subclass_mode_model else model_config
         defaults = _init_defaults(type(self.model))
         for source, target in LINKS.items():
             data_value = getattr(self.datamodule, source, None)
@@ -326,8 +333,6 @@ class MSLightningCLI(LightningCLI):
 
 
 def _init_defaults(cls: type) -> dict[str, Any]:
-    import inspect
-
     return {
         name: p.default
         for name, p in inspect.signature(cls.__init__).parameters.items()

@@ -177,3 +177,16 @@ def test_loading_a_cli_checkpoint_reports_only_real_differences(in_run_dir, aux_
         trainer.validate(_python_twin_of_the_main_job(aux_weight), data, ckpt_path=best, verbose=False)
     messages = [str(w.message) for w in caught if "other settings" in str(w.message)]
     assert [line.strip() for m in messages for line in m.splitlines()[1:]] == reported
+
+
+def test_streams_and_classes_written_once_also_with_fixed_classes(capsys):
+    cli = MSLightningCLI(
+        MultiStreamClassifier,
+        SyntheticStreamsDataModule,
+        run=False,
+        args=["--data.num_classes", "5", "--data.streams", '{"a": 2, "b": 1}', "--data.image_size", "16"],
+    )
+    assert cli.model.num_classes == 5 and cli.model.streams == {"a": 2, "b": 1}
+    with pytest.raises(SystemExit):  # with fixed classes jsonargparse itself refuses a linked value
+        MSLightningCLI(MultiStreamClassifier, SyntheticStreamsDataModule, run=False, args=["--model.num_classes", "3"])
+    assert 'Linked "model.num_classes" must be given via "data.num_classes"' in capsys.readouterr().err
