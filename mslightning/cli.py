@@ -33,7 +33,6 @@ from __future__ import annotations
 import glob
 import inspect
 import os
-import pickle
 import re
 import sys
 import traceback
@@ -48,6 +47,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from mslightning.files import load_torch_file
 
 __all__ = ["MSLightningCLI", "checkpoint_agreement", "find_run_checkpoint", "main"]
 
@@ -474,27 +475,8 @@ def check_checkpoint_file(path: str | Path) -> None:
         FileNotFoundError: If there is no such file.
         ValueError: If it is a directory, empty, truncated, corrupt, or not a Lightning checkpoint.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"--ckpt_path '{path}': no such file.")
-    if path.is_dir():
-        raise ValueError(f"--ckpt_path '{path}' is a directory; give a .ckpt file inside it.")
-    if path.stat().st_size == 0:
-        raise ValueError(f"--ckpt_path '{path}' is an empty file.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as err:
-        if "global" in str(err).lower():
-            raise ValueError(
-                f"--ckpt_path '{path}' holds pickled Python objects that a safe load (weights_only=True, as "
-                "Lightning's CLI reads checkpoints) refuses; re-save it from Python, or load it there with "
-                "weights_only=False if you trust it."
-            ) from err
-        raise ValueError(
-            f"--ckpt_path '{path}' is not a readable checkpoint (corrupt or not made by torch.save)."
-        ) from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise ValueError(f"--ckpt_path '{path}' is not a readable checkpoint (truncated or corrupt): {err}") from err
+    remedy = "Run `mslightning fit` again to write a new checkpoint"
+    state = load_torch_file(path, f"--ckpt_path '{path}'", what="checkpoint", remedy=remedy)
     if not isinstance(state, Mapping) or "state_dict" not in state:
         raise ValueError(
             f"--ckpt_path '{path}' is not a Lightning checkpoint (no 'state_dict' entry); a bare model state_dict "

@@ -8,17 +8,15 @@ takes the stream's own channel count (3 for RGB, 1 for depth, ...).
 
 from __future__ import annotations
 
-import codecs
-import os
-import pickletools
-import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torchvision import models
+
+from mslightning.files import _short, load_torch_file
 
 __all__ = ["ResNetStreamEncoder", "adapt_conv1_weight"]
 
@@ -31,6 +29,7 @@ _ARCHS: dict[str, Callable[..., models.ResNet]] = {
 }
 
 _TRUNK = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool")
+_SAVE_WEIGHTS = "Save the weights with torch.save(model.state_dict(), path)"
 
 
 def adapt_conv1_weight(weight: Tensor, in_channels: int) -> Tensor:
@@ -147,9 +146,10 @@ class ResNetStreamEncoder(nn.Module):
     def load_torchvision_weights(self, path: str | Path) -> None:
         """Initialise the trunk from a torchvision ResNet ``state_dict`` file on local disk.
 
-        The file is read with ``torch.load(..., weights_only=True)``, which never runs code from
-        the file; ``fc.*`` entries are dropped and ``conv1.weight`` is adapted to ``in_channels``
-        when it has 3 input channels and the stream does not.
+        The file is read with :func:`mslightning.files.load_torch_file` (``torch.load(...,
+        weights_only=True)``, which never runs code from the file); ``fc.*`` entries are dropped
+        and ``conv1.weight`` is adapted to ``in_channels`` when it has 3 input channels and the
+        stream does not.
 
         A Lightning checkpoint (or an mslightning model's ``state_dict``) is accepted too when
         its ``state_dict`` holds this stream's trunk, ``encoders.<name>.*``, and ``name`` is set:
@@ -174,10 +174,8 @@ class ResNetStreamEncoder(nn.Module):
 
         """
         where = f"Weights for stream '{self.name}' ('{path}')" if self.name is not None else f"Weights ('{path}')"
-        if isinstance(path, str) and not path:
-            raise ValueError(f"{where}: the path is empty. Pass the path of a .pth file.")
-        path = Path(path)
-        state, source = self._trunk_state(_load_weights_file(path, where, self.name), where)
+        loaded = load_torch_file(path, where, what="weights file", remedy=_SAVE_WEIGHTS)
+        state, source = self._trunk_state(loaded, where)
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         conv1 = state.get("conv1.weight")
         if conv1 is not None and conv1.ndim == 4 and conv1.shape[1] == 3 != self.in_channels:
@@ -203,7 +201,7 @@ class ResNetStreamEncoder(nn.Module):
                 trunk.
 
         """
-        save_hint = "Save the weights with torch.save(model.state_dict(), path)."
+        save_hint = f"{_SAVE_WEIGHTS}."
         source = ""
         kind = None
         if isinstance(obj, Mapping) and _is_lightning_checkpoint(obj):
@@ -364,209 +362,6 @@ class ResNetStreamEncoder(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(self.avgpool(x), 1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading a weights file and saying, in this library's words, what is wrong with a bad one.
-
-_SAVE_AGAIN = "Save the weights again with torch.save(model.state_dict(), path)"
-# The first pickle of the legacy (pre-1.6, non-zip) torch.save format: protocol 2, then torch's
-# magic number 0x1950a86a20f9469cfc6c as a LONG1.
-_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
-_FOREIGN_FORMATS = (
-    (b"\x89HDF\r\n\x1a\n", "an HDF5 file (e.g. Keras .h5 weights)", "Convert the weights to a PyTorch state_dict"),
-    (b"\x93NUMPY", "a NumPy .npy array", "Save a state_dict of tensors with torch.save"),
-    (b"\x1f\x8b", "a gzip-compressed file", "Decompress it first (gunzip)"),
-)
-_WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
-
-
-def _short(items: list[str], limit: int = 5) -> str:
-    """The first ``limit`` items, comma-separated, and how many more there are."""
-    more = f", ... (+{len(items) - limit} more)" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more
-
-
-def _load_weights_file(path: Path, where: str, stream: str | None) -> object:
-    """``torch.load(path, weights_only=True)``, with every failure turned into a clear error.
-
-    Raises:
-        FileNotFoundError: If ``path`` does not exist.
-        ValueError: For any other file that cannot be loaded; the message says why.
-
-    """
-    if not path.exists():
-        if path.is_symlink():
-            detail = f" (a symbolic link to '{os.readlink(path)}', which does not exist)"
-        elif not path.is_absolute():
-            detail = f" (looked for '{path.absolute()}')"
-        else:
-            detail = ""
-        raise FileNotFoundError(f"{where}: no such file{detail}. Check the path.")
-    if path.is_dir():
-        try:
-            inside = sorted(p.name for p in path.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
-        except OSError:
-            inside = []
-        holds = f"; it holds {_short(inside, 3)}" if inside else ""
-        raise ValueError(f"{where}: the path is a directory, not a weights file{holds}. Pass the file's own path.")
-    if not path.is_file():
-        raise ValueError(f"{where}: the path is not a regular file (a pipe, socket or device). Pass a .pth file.")
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as file:
-            head = file.read(512)
-    except OSError as err:
-        raise ValueError(f"{where}: the file cannot be read ({err.strerror or err}). Check its permissions.") from err
-    if size == 0:
-        raise ValueError(f"{where}: the file is empty (0 bytes), e.g. an interrupted save or copy. {_SAVE_AGAIN}.")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except MemoryError:
-        raise
-    except Exception as err:  # UnpicklingError, RuntimeError, EOFError, KeyError, ...: all mean a bad file
-        reason = _why_unloadable(path, head, size, err, stream)
-        end = "" if "\n" in reason else "."  # a multi-line reason ends with a code line
-        raise ValueError(f"{where}: {reason}{end}") from err
-
-
-def _why_unloadable(path: Path, head: bytes, size: int, err: Exception, stream: str | None) -> str:
-    """What is wrong with a file ``torch.load(..., weights_only=True)`` refused, and what to do.
-
-    The pickle inside is only scanned with :mod:`pickletools` (nothing from it is run) to find
-    the classes it names and the strings it holds.
-    """
-    if isinstance(err, OSError):
-        return f"the file cannot be read ({err.strerror or err}). Check its permissions"
-    damaged = (
-        f"the file is truncated or damaged: it starts like a torch.save file but cannot be read to the end "
-        f"({size} bytes). Copy it again, or {_SAVE_AGAIN[0].lower()}{_SAVE_AGAIN[1:]}"
-    )
-    globals_: list[str] = []
-    strings: set[str] = set()
-    if head.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-                if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
-                    return (
-                        "the file is a TorchScript archive (torch.jit.save), not a state_dict. Save its weights: "
-                        "torch.save(torch.jit.load(path).state_dict(), 'weights.pth')"
-                    )
-                pickles = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
-                if not pickles:
-                    return f"the file is a zip archive but not one written by torch.save (no data.pkl). {_SAVE_AGAIN}"
-                data = archive.read(pickles[0])
-        except Exception:  # BadZipFile, EOFError, zlib.error, ...: the archive is cut short or broken
-            return damaged
-        _scan_pickle(pickletools.genops(data), globals_, strings)
-    elif head.startswith(_LEGACY_MAGIC):
-        with path.open("rb") as file:
-            for _ in range(4):  # magic number, protocol version, system info, then the object
-                if not _scan_pickle(pickletools.genops(file), globals_, strings):
-                    break
-    else:
-        return _foreign_format(head, size)
-
-    unsafe = [g for g in dict.fromkeys(globals_) if not _is_plain_global(g)]
-    prefix = f"encoders.{stream or '<stream>'}."
-    if "state_dict" in strings and strings & {"pytorch-lightning_version", "global_step"}:
-        return (
-            f"the file is a Lightning checkpoint holding Python objects that a safe load (weights_only=True) "
-            f"refuses ({_short(unsafe, 3)}). To reuse the trained mslightning model, load the checkpoint with "
-            f"load_from_checkpoint (e.g. MultiStreamClassifier.load_from_checkpoint(path)) if you trust it; to "
-            f"start a trunk from it, extract that trunk's keys into a state_dict file.\n"
-            f"  sd = torch.load(path, weights_only=False)['state_dict']  # runs code from the file: trust it first\n"
-            f"  torch.save({{k.removeprefix('{prefix}'): v for k, v in sd.items() if k.startswith('{prefix}')}}, "
-            f"'trunk.pth')"
-        )
-    if any(g.startswith("torch.nn.modules.") for g in unsafe):
-        return (
-            f"the file holds a whole pickled model ({unsafe[0]}), not a state_dict, and a safe load "
-            f"(weights_only=True) refuses pickled classes. Save the weights instead: "
-            f"torch.save(model.state_dict(), path)"
-        )
-    if unsafe:
-        return (
-            f"the file holds Python objects that a safe load (weights_only=True) refuses ({_short(unsafe, 3)}), "
-            f"not a state_dict of tensors. Save the weights with torch.save(model.state_dict(), path)"
-        )
-    return damaged
-
-
-def _scan_pickle(ops: Iterator[tuple[Any, Any, int | None]], globals_: list[str], strings: set[str]) -> bool:
-    """Collect the classes/functions a pickle names and the strings it holds, without running it.
-
-    Returns:
-        Whether the pickle was read to its STOP opcode (False: truncated or not a pickle).
-
-    """
-    recent: list[str | None] = []  # what the last opcodes pushed, None for anything but a string
-    memo: dict[int, str] = {}
-    try:
-        for op, arg, _ in ops:
-            pushed: str | None = None
-            if op.name in ("GLOBAL", "INST"):
-                globals_.append(str(arg).replace(" ", "."))
-            elif op.name == "STACK_GLOBAL":
-                if len(recent) >= 2 and recent[-2] is not None and recent[-1] is not None:
-                    globals_.append(f"{recent[-2]}.{recent[-1]}")
-            elif op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
-                if recent and recent[-1] is not None:
-                    memo[len(memo) if op.name == "MEMOIZE" else int(arg)] = recent[-1]
-                continue
-            elif op.name in ("GET", "BINGET", "LONG_BINGET"):
-                pushed = memo.get(int(arg))
-            elif isinstance(arg, str) and ("UNICODE" in op.name or "STRING" in op.name):
-                pushed = str(arg)
-                strings.add(pushed)
-            elif op.name == "STOP":
-                return True
-            recent = [*recent[-1:], pushed]
-    except Exception:  # a pickle cut short, or not a pickle at all
-        return False
-    return False
-
-
-def _is_plain_global(name: str) -> bool:
-    """Whether a pickled global is one a plain ``torch.save`` of tensors names (storages, rebuilds)."""
-    if name in ("collections.OrderedDict", "_codecs.encode"):
-        return True
-    return name.startswith("torch.") and not name.startswith(
-        ("torch.nn.", "torch.optim.", "torch.utils.", "torch.jit.")
-    )
-
-
-def _foreign_format(head: bytes, size: int) -> str:
-    """Say what a file that is not a ``torch.save`` file seems to be, from its first bytes."""
-    for magic, what, advice in _FOREIGN_FORMATS:
-        if head.startswith(magic):
-            return f"the file is {what}, not a file written by torch.save. {advice}"
-    if len(head) >= 10 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < size:
-        return (
-            "the file is a safetensors file, not a file written by torch.save. Convert it: "
-            "torch.save(safetensors.torch.load_file(path), 'weights.pth')"
-        )
-    try:
-        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
-    except UnicodeDecodeError:
-        text = None
-    if text and all(c.isprintable() or c in "\t\n\r\f" for c in text):
-        if text.startswith("version https://git-lfs"):
-            return "the file is a Git LFS pointer, not the weights themselves. Fetch them with git lfs pull"
-        return (
-            f"the file is a text file (it starts with {text[:40]!r}), not a file written by torch.save. "
-            f"Pass the path of the weights file itself"
-        )
-    if head.startswith(b"\x80"):
-        return (
-            "the file is a plain pickle, not a file written by torch.save (or a torch.save file that is "
-            f"damaged). {_SAVE_AGAIN}"
-        )
-    return (
-        f"the file is corrupt or not a file written by torch.save (it starts with the bytes {head[:8].hex(' ')}). "
-        f"Pass a file written by torch.save(model.state_dict(), path)"
-    )
 
 
 def _is_lightning_checkpoint(obj: Mapping[Any, Any]) -> bool:
