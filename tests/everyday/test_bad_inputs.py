@@ -73,15 +73,6 @@ def _print_table(tmp_path_factory):
         print(f"\n\n{table}\n\n(table written to {path})")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: a second intra-op thread buys nothing on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _case_id(request: pytest.FixtureRequest) -> str:
     return request.node.callspec.id if hasattr(request.node, "callspec") else request.node.name
 

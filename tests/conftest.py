@@ -1,4 +1,4 @@
-"""Tests in this directory run torch on one thread.
+"""Every test module runs torch on one thread.
 
 The models here are tiny: a second intra-op thread buys nothing, and on a shared 2-core machine
 an OpenMP thread pool that competes with other processes can make a 1 s training run take a
