@@ -162,7 +162,12 @@ def check_classification_batch(
     if target.numel():
         low, high = torch.aminmax(target)
         low, high = int(low), int(high)
-        if low < 0 or high >= num_classes:
+        if low < 0:
+            raise ValueError(
+                f"{owner}: the data's labels include {low}; labels are class indices in [0, {num_classes - 1}]. "
+                "Check how the dataset encodes its classes (e.g. -1 for 'unlabelled' must be filtered out)."
+            )
+        if high >= num_classes:
             raise ValueError(
                 f"{owner} has num_classes={num_classes} but the data's labels range over [{low}, {high}]; "
                 f"labels must lie in [0, {num_classes - 1}]. Make the model's num_classes and the data agree."

@@ -114,9 +114,11 @@ class MultiStreamClassifier(GroupedOptimizationModule):
         weights = dict(weights or {})
         for what, mapping in (("backbone", backbones), ("weights", weights)):
             unknown = sorted(set(mapping) - set(streams))
-            if unknown or (what == "backbone" and set(mapping) != set(streams)):
+            missing = [name for name in streams if name not in mapping] if what == "backbone" else []
+            if unknown or missing:
                 raise ValueError(
-                    f"`{what}` must be given per configured stream {list(streams)}; got keys {list(mapping)}."
+                    f"`{what}` must be given per configured stream {list(streams)}; got keys {list(mapping)} "
+                    f"(missing {missing}, unknown {unknown})."
                 )
         self.streams = streams
         self.num_classes = num_classes

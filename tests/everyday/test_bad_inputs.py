@@ -429,7 +429,7 @@ API_CASES = [
     pytest.param(
         _train(_batch(target=torch.tensor([0, -1, 2, 3]))),
         ValueError,
-        ["num_classes=4", "[-1, 3]"],
+        ["labels include -1", "[0, 3]"],
         id="api-negative-labels",
     ),
     pytest.param(
