@@ -95,7 +95,17 @@ def condense_parser_error(message: str) -> str:
 
 
 class MSLightningArgumentParser(LightningArgumentParser):
-    """LightningCLI's parser, printing a short error (no usage wall) on bad input."""
+    """LightningCLI's parser: no abbreviated options, and a short error (no usage wall) on bad input.
+
+    Args:
+        *args: Passed to :class:`~lightning.pytorch.cli.LightningArgumentParser`.
+        **kwargs: Passed on; ``allow_abbrev`` is ``False`` (``--trainer.max_epoch`` silently
+            meaning ``--trainer.max_epochs`` hides typos).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         """Print the condensed error and exit with status 2 (jsonargparse's debug mode raises).

@@ -244,6 +244,12 @@ CLI_CASES = [
         ["unrecognized arguments", "--trainer.max_epochz"],
         id="cli-unknown-trainer-option",
     ),
+    pytest.param(  # argparse would take an abbreviation silently: --trainer.max_epochs
+        [*FIT, "--trainer.max_epoch", "1"],
+        PARSING,
+        ["unrecognized arguments", "--trainer.max_epoch"],
+        id="cli-abbreviated-trainer-option",
+    ),
     pytest.param(
         ["fit", "--config", "no_such_config.yaml"],
         PARSING,
