@@ -41,9 +41,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import lightning.pytorch as pl
-import torch
 import yaml
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -53,6 +52,7 @@ from mslightning.files import load_torch_file
 __all__ = ["MSLightningCLI", "checkpoint_agreement", "find_run_checkpoint", "main"]
 
 LINKS = {"stream_channels": "streams", "num_classes": "num_classes"}
+_CHECKPOINT_FILE = {"what": "checkpoint", "remedy": "Run `mslightning fit` again to write a new checkpoint"}
 """Datamodule attribute -> model argument, linked when the model is built."""
 
 _JSONARGPARSE_NOISE = re.compile(
@@ -166,6 +166,8 @@ class MSLightningCLI(LightningCLI):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._checkpoint: Mapping[str, Any] | None = None
+        self._written_links: set[str] = set()
         if kwargs.get("auto_configure_optimizers"):
             raise ValueError(
                 "MSLightningCLI never auto-configures optimizers: that would collapse the named "
@@ -207,22 +209,32 @@ class MSLightningCLI(LightningCLI):
         config = self.config.get(str(self.config.get("subcommand"))) or self.config
         paths = [str(path) for path in (config.get("config") or []) if path is not None]
         _check_param_group_overrides(paths)
+        command_line = [str(a) for a in (sys.argv[1:] if args is None else args if isinstance(args, list) else [])]
+        self._written_links = {
+            target
+            for target in LINKS.values()
+            if any(re.match(rf"--model\.(init_args\.)?{target}(=|$)", arg) for arg in command_line)
+            or any(target in _model_args_of(path) for path in paths)
+        }
 
     def instantiate_classes(self) -> None:
         """Build model, data, callbacks and trainer; errors name the component first.
 
         Raises:
-            ValueError: For an error raised while building (its type kept where it is a
-                ``ValueError``/``FileNotFoundError``), or a model setting that disagrees with the
-                data.
+            ValueError: A ``ValueError``, ``TypeError`` or ``FileNotFoundError`` raised while
+                building is raised again as the same type with the component named first (other
+                errors, bugs, pass through untouched); a model setting that disagrees with the data.
         """
         try:
             super().instantiate_classes()
         except Exception as error:
             root = _root_cause(error)
+            if not isinstance(root, ValueError | FileNotFoundError | TypeError):
+                raise root from error  # a bug: its own type and traceback, not jsonargparse's wrapper
             component = _component_of(root) or "configuration"
-            error_type = type(root) if isinstance(root, ValueError | FileNotFoundError | TypeError) else ValueError
-            raise error_type(f"{component}: {root}") from root
+            named = type(root)(f"{component}: {root}")
+            named.mslightning_root = root  # main() decides from the root whose message this is
+            raise named from root
         self._check_links()
 
     def _check_links(self) -> None:
@@ -236,7 +248,9 @@ class MSLightningCLI(LightningCLI):
         for source, target in LINKS.items():
             data_value = getattr(self.datamodule, source, None)
             written = model_args.get(target) if hasattr(model_args, "get") else None
-            if data_value is None or written is None or written == defaults.get(target):
+            if data_value is None or written is None:
+                continue
+            if target not in self._written_links and written == defaults.get(target):
                 continue
             written = dict(written) if isinstance(written, Mapping) else written
             if written != (dict(data_value) if isinstance(data_value, Mapping) else data_value):
@@ -266,8 +280,9 @@ class MSLightningCLI(LightningCLI):
             resolved = find_run_checkpoint(_run_dirs_from_config(config.get("trainer")), ckpt_path)
             rank_zero_info(f"--ckpt_path {ckpt_path}: using {resolved}")
             config["ckpt_path"] = ckpt_path = str(resolved)
+        self._checkpoint = None
         if ckpt_path and ckpt_path not in ("hpc", "registry"):
-            check_checkpoint_file(ckpt_path)
+            self._checkpoint = check_checkpoint_file(ckpt_path)
         before = _plain_model_args(self.parser, self.config)
         super()._parse_ckpt_path()
         after = _plain_model_args(self.parser, self.config)
@@ -300,7 +315,10 @@ class MSLightningCLI(LightningCLI):
             if not isinstance(callback, ModelCheckpoint) or callback.dirpath is None:
                 continue
             existing = sorted(Path(callback.dirpath).glob("*.ckpt"))
-            if existing and not callback._enable_version_counter:
+            resuming = self._checkpoint is not None and Path(self.config_init.fit.ckpt_path).resolve() in {
+                p.resolve() for p in existing
+            }
+            if existing and not callback._enable_version_counter and not resuming:
                 raise ValueError(
                     f"ModelCheckpoint(dirpath='{callback.dirpath}') already holds checkpoints of an earlier run "
                     f"({', '.join(p.name for p in existing[:3])}{' ...' if len(existing) > 3 else ''}) and "
@@ -317,8 +335,13 @@ class MSLightningCLI(LightningCLI):
         self._warn_untrained()
 
     def before_predict(self) -> None:
-        """Warn when the weights are untrained (no ``--ckpt_path``)."""
+        """Warn when the weights are untrained; with a prediction writer, keep no copy in memory."""
         self._warn_untrained()
+        config = self.config_init[self.subcommand]
+        if config.get("return_predictions") is None and any(
+            isinstance(callback, BasePredictionWriter) for callback in self.trainer.callbacks
+        ):
+            config["return_predictions"] = False
 
     def _report_logs(self) -> None:
         for logger in self.trainer.loggers:
@@ -337,9 +360,9 @@ class MSLightningCLI(LightningCLI):
     def after_validate(self) -> None:
         """Compare the validation metrics with what the checkpoint recorded when it was saved."""
         ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
-        if not ckpt_path or ckpt_path in ("best", "last"):
+        if self._checkpoint is None or not ckpt_path:
             return
-        for line in checkpoint_agreement(ckpt_path, self.trainer.callback_metrics):
+        for line in checkpoint_agreement(self._checkpoint, ckpt_path, self.trainer.callback_metrics):
             rank_zero_info(line)
 
 
@@ -351,29 +374,40 @@ def _init_defaults(cls: type) -> dict[str, Any]:
     }
 
 
-def _param_groups_of(path: str) -> tuple[str | None, dict[str, Any] | None]:
-    """The model class_path and param_groups a config file sets (``None`` where it sets none)."""
+def _model_section_of(path: str) -> tuple[str | None, Mapping[str, Any]]:
+    """The model class_path and arguments a config file writes (``None``/``{}`` where it writes none)."""
     try:
         loaded = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError):
-        return None, None
+        return None, {}
     model = (loaded or {}).get("model") if isinstance(loaded, Mapping) else None
     if not isinstance(model, Mapping):
-        return None, None
+        return None, {}
     init_args = model.get("init_args") if isinstance(model.get("init_args"), Mapping) else model
+    return model.get("class_path"), init_args
+
+
+def _model_args_of(path: str) -> Mapping[str, Any]:
+    return _model_section_of(path)[1]
+
+
+def _param_groups_of(path: str) -> tuple[str | None, dict[str, Any] | None]:
+    """The model class_path and param_groups a config file sets (``None`` where it sets none)."""
+    class_path, init_args = _model_section_of(path)
     groups = init_args.get("param_groups")
     if isinstance(groups, list):
         groups = {str(g.get("name", f"#{i}")): g for i, g in enumerate(groups) if isinstance(g, Mapping)}
-    return model.get("class_path"), dict(groups) if isinstance(groups, Mapping) else None
+    return class_path, dict(groups) if isinstance(groups, Mapping) else None
 
 
 def _check_param_group_overrides(paths: list[str]) -> None:
     """A later config's ``param_groups`` replaces an earlier one's: refuse when that drops settings."""
     earlier: tuple[str, dict[str, Any]] | None = None
+    model_class = None
     for path in paths:
         class_path, groups = _param_groups_of(path)
-        if class_path is not None:
-            earlier = None  # another model class: its arguments start afresh
+        if class_path is not None and class_path != model_class:
+            earlier, model_class = None, class_path  # another model class: its arguments start afresh
         if groups is None:
             continue
         if earlier is not None:
@@ -405,8 +439,10 @@ def _plain_model_args(parser: LightningArgumentParser, config: Any) -> dict[str,
 def _run_dirs_from_config(trainer: Any) -> list[str]:
     """Where the runs of a configuration keep checkpoints (glob patterns), read from its ``trainer`` section.
 
-    An explicit ``ModelCheckpoint.dirpath``; else the logger's runs
-    (``<save_dir>/<name>/*/checkpoints``, Lightning's defaults where the logger sets none).
+    An explicit ``ModelCheckpoint.dirpath``; else the first logger's runs
+    (``<save_dir>/<name>/*/checkpoints``, Lightning's defaults where the logger sets none):
+    the layout of ``TensorBoardLogger`` and ``CSVLogger``; loggers that name runs otherwise
+    (WandB, MLflow) need an explicit path.
     """
     trainer = trainer or {}
     explicit = [
@@ -418,18 +454,13 @@ def _run_dirs_from_config(trainer: Any) -> list[str]:
     ]
     root = Path(trainer.get("default_root_dir") or ".")
     logger = trainer.get("logger")
-    loggers = logger if isinstance(logger, list) else [logger]
-    runs = []
-    for each in loggers:
-        if each is False:
-            continue
-        args = (each.get("init_args") or {}) if hasattr(each, "get") else {}
-        save_dir = Path(args.get("save_dir") or root)
-        name = args.get("name", "lightning_logs")
-        runs.append(str((save_dir / name if name else save_dir) / "*" / "checkpoints"))
-    if logger is False:
-        runs.append(str(root / "checkpoints"))
-    return explicit + runs
+    first = logger[0] if isinstance(logger, list) and logger else logger  # Lightning checkpoints by the first
+    if first is False or first == []:
+        return [*explicit, str(root / "checkpoints")]
+    args = (first.get("init_args") or {}) if hasattr(first, "get") else {}
+    save_dir = Path(args.get("save_dir") or root)
+    name = args.get("name", "lightning_logs")
+    return [*explicit, str((save_dir / name if name else save_dir) / "*" / "checkpoints")]
 
 
 def find_run_checkpoint(run_dirs: list[str], which: str) -> Path:
@@ -437,8 +468,8 @@ def find_run_checkpoint(run_dirs: list[str], which: str) -> Path:
 
     The latest run is the run directory (``<save_dir>/<name>/version_N/checkpoints``, or a
     ``ModelCheckpoint``'s explicit ``dirpath``) holding the most recently written checkpoint.
-    ``best`` is the ``best_model_path`` recorded by its ``ModelCheckpoint`` (read from the
-    newest checkpoint of that run), ``last`` is its ``last.ckpt``, else its newest checkpoint.
+    ``last`` is that checkpoint; ``best`` is the ``best_model_path`` recorded in it by a
+    ``ModelCheckpoint`` with a ``monitor``.
 
     Args:
         run_dirs: Checkpoint directories of the configuration's runs, as glob patterns such
@@ -450,8 +481,8 @@ def find_run_checkpoint(run_dirs: list[str], which: str) -> Path:
         The checkpoint's path.
 
     Raises:
-        FileNotFoundError: If no run of this configuration has a checkpoint, or ``best`` was
-            recorded but its file is gone.
+        FileNotFoundError: If no run of this configuration has a checkpoint, the latest run
+            has no monitored checkpoint (``best``), or the recorded best file is gone.
     """
     checkpoints = [Path(path) for pattern in run_dirs for path in glob.glob(os.path.join(pattern, "*.ckpt"))]
     if not checkpoints:
@@ -460,60 +491,76 @@ def find_run_checkpoint(run_dirs: list[str], which: str) -> Path:
             "first, or give the checkpoint's path."
         )
     newest = max(checkpoints, key=lambda p: p.stat().st_mtime_ns)
-    run = newest.parent
     if which == "last":
-        last = run / "last.ckpt"
-        return last if last.exists() else newest
-    state = torch.load(newest, map_location="cpu", weights_only=True, mmap=True)
-    for key, callback_state in (state.get("callbacks") or {}).items():
-        best = callback_state.get("best_model_path") if key.startswith("ModelCheckpoint") else None
+        return newest
+    state = load_torch_file(newest, f"--ckpt_path best: the latest checkpoint '{newest}'", **_CHECKPOINT_FILE)
+    for key, callback_state in ((state.get("callbacks") or {}) if isinstance(state, Mapping) else {}).items():
+        monitored = key.startswith(ModelCheckpoint.__name__) and callback_state.get("monitor")
+        best = callback_state.get("best_model_path") if monitored else None
         if best:
-            for candidate in (Path(best), run / Path(best).name):
+            for candidate in (Path(best), newest.parent / Path(best).name):
                 if candidate.exists():
                     return candidate
             raise FileNotFoundError(f"--ckpt_path best: the run's best checkpoint '{best}' no longer exists.")
-    return newest
+    raise FileNotFoundError(
+        f"--ckpt_path best: the latest run ('{newest.parent}') has no ModelCheckpoint with a `monitor`, so it has "
+        "no best checkpoint; use --ckpt_path last, or give the checkpoint's path."
+    )
 
 
-def check_checkpoint_file(path: str | Path) -> None:
+def check_checkpoint_file(path: str | Path) -> Mapping[str, Any]:
     """Fail early, naming the path, when ``--ckpt_path`` is not a readable Lightning checkpoint.
 
     Args:
         path: The checkpoint path.
 
+    Returns:
+        The checkpoint, loaded safely (``weights_only``, memory-mapped).
+
     Raises:
         FileNotFoundError: If there is no such file.
         ValueError: If it is a directory, empty, truncated, corrupt, or not a Lightning checkpoint.
     """
-    remedy = "Run `mslightning fit` again to write a new checkpoint"
-    state = load_torch_file(path, f"--ckpt_path '{path}'", what="checkpoint", remedy=remedy)
+    state = load_torch_file(path, f"--ckpt_path '{path}'", **_CHECKPOINT_FILE)
     if not isinstance(state, Mapping) or "state_dict" not in state:
         raise ValueError(
             f"--ckpt_path '{path}' is not a Lightning checkpoint (no 'state_dict' entry); a bare model state_dict "
             "belongs in the model's weights option, not in --ckpt_path."
         )
+    return state
 
 
-def checkpoint_agreement(ckpt_path: str, metrics: dict[str, torch.Tensor]) -> list[str]:
-    """Lines comparing a checkpoint's recorded ModelCheckpoint score with fresh metrics.
+def checkpoint_agreement(
+    checkpoint: str | Path | Mapping[str, Any], ckpt_path: str | Path, metrics: Mapping[str, Any]
+) -> list[str]:
+    """Lines comparing the score a checkpoint was saved with to freshly computed metrics.
+
+    The score is the one a monitoring ``ModelCheckpoint`` recorded for this very file (its
+    ``best_k_models`` entry), so a checkpoint saved for another reason (periodic, last) is not
+    compared.
 
     Args:
-        ckpt_path: A Lightning checkpoint written with a monitoring ``ModelCheckpoint``.
+        checkpoint: The loaded checkpoint, or its path.
+        ckpt_path: The checkpoint's path, as it was given.
         metrics: The metrics just computed (``trainer.callback_metrics``).
 
     Returns:
         One line per monitored metric found in both, e.g.
         ``"val/fused/acc: checkpoint recorded 0.8320, validation now 0.8320"``.
     """
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(checkpoint, Mapping):
+        checkpoint = load_torch_file(checkpoint, f"--ckpt_path '{checkpoint}'", **_CHECKPOINT_FILE)
+    this_file = Path(ckpt_path).resolve()
     lines = []
-    for key, state in checkpoint.get("callbacks", {}).items():
-        if not key.startswith(ModelCheckpoint.__name__) or state.get("best_model_score") is None:
+    for key, state in (checkpoint.get("callbacks") or {}).items():
+        monitor = state.get("monitor") if key.startswith(ModelCheckpoint.__name__) else None
+        if monitor not in metrics:
             continue
-        monitor = state.get("monitor")
-        if monitor in metrics:
-            recorded, now = float(state["best_model_score"]), float(metrics[monitor])
-            lines.append(f"{monitor}: checkpoint recorded {recorded:.4f}, validation now {now:.4f}")
+        for path, score in (state.get("best_k_models") or {}).items():
+            if Path(path).resolve() == this_file:
+                recorded, now = float(score), float(metrics[monitor])
+                lines.append(f"{monitor}: checkpoint recorded {recorded:.4f}, validation now {now:.4f}")
+                break
     return lines
 
 
@@ -537,8 +584,7 @@ def main(args: list[str] | None = None) -> None:
     try:
         MSLightningCLI(args=args)
     except (ValueError, FileNotFoundError, TypeError, RuntimeError) as error:
-        root = error.__cause__ if isinstance(error.__cause__, Exception) and _library_error(error.__cause__) else error
-        if os.environ.get("MSLIGHTNING_TRACEBACK") or not (_library_error(root) or _library_error(error)):
+        if os.environ.get("MSLIGHTNING_TRACEBACK") or not _library_error(getattr(error, "mslightning_root", error)):
             raise
         sys.stderr.write(f"mslightning: error: {error}\n")
         sys.exit(1)

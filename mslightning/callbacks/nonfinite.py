@@ -57,6 +57,7 @@ class NonFiniteGuard(Callback):
         self.check_parameters = check_parameters
         self._batch: Any = None
         self._batch_idx = -1
+        self._checked_step = -1
 
     @override
     def on_train_batch_start(
@@ -75,9 +76,12 @@ class NonFiniteGuard(Callback):
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
         if not self.check_loss:
             return
-        finite = bool(torch.isfinite(loss.detach()).all())
-        if trainer.strategy.reduce_boolean_decision(finite, all=True):
+        local = torch.isfinite(loss.detach()).all()
+        # one host read per step; under DDP the flags are summed first, so every rank stops together
+        nonfinite_ranks = trainer.strategy.reduce((~local).float(), reduce_op="sum")
+        if not nonfinite_ranks.item():
             return
+        finite = bool(local)
         where = f"epoch {trainer.current_epoch}, batch {self._batch_idx} (global step {trainer.global_step})"
         value = loss.detach().float().flatten()[0].item() if not finite else "finite here but not on another rank"
         lines = [f"Training stopped: the loss is {value} at {where}; the optimizer step was not taken."]
@@ -135,11 +139,16 @@ class NonFiniteGuard(Callback):
         shown = "; ".join(parts) if parts else describe_names(bad, 6)
         return [f"{len(bad)} parameter(s) hold NaN/Inf ({shown})."]
 
-    def _check_parameters(self, trainer: pl.Trainer, pl_module: pl.LightningModule, when: str) -> None:
-        if not self.check_parameters:
+    def _check_parameters(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, when: str, once_per_step: bool = True
+    ) -> None:
+        # before checkpoint callbacks, once per optimizer step is enough (the weights change in steps);
+        # inside a save the check always runs, so nothing non-finite is written whoever changed the weights
+        if not self.check_parameters or (once_per_step and self._checked_step == trainer.global_step):
             return
         report = self._parameter_report(pl_module)
         if trainer.strategy.reduce_boolean_decision(not report, all=True):
+            self._checked_step = trainer.global_step
             return
         raise NonFiniteError(
             f"Training stopped {when} at epoch {trainer.current_epoch} (global step {trainer.global_step}): "
@@ -160,4 +169,4 @@ class NonFiniteGuard(Callback):
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        self._check_parameters(trainer, pl_module, "before saving a checkpoint")
+        self._check_parameters(trainer, pl_module, "before saving a checkpoint", once_per_step=False)

@@ -20,10 +20,12 @@ class ClassProbabilityWriter(BasePredictionWriter):
     """Writes class probabilities from ``predict`` to CSV, one row per sample, batch by batch.
 
     ``predict_step`` returns class probabilities ``(B, K)``. The file has the columns
-    ``index`` (the sample's index in the predict dataset), ``target`` (when batches are
-    ``(inputs, target)`` pairs), ``predicted`` (the arg-max class) and one ``prob_<class>``
-    column per class (``<class>`` is the datamodule's ``class_names`` entry when it has them,
-    else the class index). Rows are written as batches arrive, so nothing accumulates in memory.
+    ``dataloader`` (only with several predict dataloaders), ``index`` (the sample's index in its
+    predict dataset), ``target`` (when the first batch is an ``(inputs, target)`` pair; empty for
+    batches without one), ``predicted`` (the arg-max class) and one ``prob_<class>`` column per
+    class (``<class>`` is the datamodule's ``class_names`` entry when it has them, else the class
+    index). Rows are written as batches arrive; to keep ``trainer.predict`` from also holding
+    every prediction in memory, pass ``return_predictions=False`` (the ``mslightning`` CLI does).
 
     The file goes to ``output_dir`` if given, else to the run directory (the logger's
     ``log_dir``, e.g. ``logs/<name>/version_3/``, a new one for every ``predict``), else to the
@@ -49,7 +51,10 @@ class ClassProbabilityWriter(BasePredictionWriter):
         self.path: Path | None = None
         self._file: IO[str] | None = None
         self._writer: Any = None
-        self._next_index = 0
+        self._next_index: dict[int, int] = {}
+        self._rows = 0
+        self._several_loaders = False
+        self._with_target = False
 
     def _target_path(self, trainer: pl.Trainer) -> Path:
         directory = self.output_dir or Path(trainer.log_dir or trainer.default_root_dir)
@@ -69,13 +74,16 @@ class ClassProbabilityWriter(BasePredictionWriter):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("x", newline="")
         self._writer = None
-        self._next_index = 0
+        self._next_index = {}
+        self._rows = 0
 
-    def _header(self, trainer: pl.Trainer, num_classes: int, with_target: bool) -> list[str]:
+    def _header(self, trainer: pl.Trainer, num_classes: int) -> list[str]:
         names: Sequence[Any] | None = getattr(trainer.datamodule, "class_names", None)
         if names is None or len(names) != num_classes:
             names = range(num_classes)
-        return ["index", *(["target"] if with_target else []), "predicted", *(f"prob_{name}" for name in names)]
+        loader = ["dataloader"] if self._several_loaders else []
+        target = ["target"] if self._with_target else []
+        return [*loader, "index", *target, "predicted", *(f"prob_{name}" for name in names)]
 
     @override
     def write_on_batch_end(
@@ -93,26 +101,30 @@ class ClassProbabilityWriter(BasePredictionWriter):
             raise ValueError(
                 f"ClassProbabilityWriter expects predict_step to return class probabilities (B, K), got {shape}."
             )
-        target = (
-            batch[1] if isinstance(batch, list | tuple) and len(batch) == 2 and isinstance(batch[0], Mapping) else None
-        )
+        pair = isinstance(batch, list | tuple) and len(batch) == 2 and isinstance(batch[0], Mapping)
+        target = batch[1] if pair and isinstance(batch[1], Tensor) else None
         if self._writer is None:
+            self._several_loaders = len(trainer.num_predict_batches) > 1
+            self._with_target = target is not None
             self._writer = csv.writer(self._file)
-            self._writer.writerow(self._header(trainer, prediction.shape[1], target is not None))
+            self._writer.writerow(self._header(trainer, prediction.shape[1]))
         count = prediction.shape[0]
-        indices = list(batch_indices) if batch_indices else range(self._next_index, self._next_index + count)
-        self._next_index += count
+        start = self._next_index.get(dataloader_idx, 0)
+        indices = list(batch_indices) if batch_indices else range(start, start + count)
+        self._next_index[dataloader_idx] = start + count
         probabilities = prediction.detach().float().cpu()
         predicted = probabilities.argmax(dim=1).tolist()
-        targets = target.detach().cpu().tolist() if isinstance(target, Tensor) else None
+        targets = target.detach().cpu().tolist() if target is not None else [""] * count
         for row, (index, probs) in enumerate(zip(indices, probabilities.tolist(), strict=True)):
-            fields = [index, *([targets[row]] if targets is not None else []), predicted[row]]
+            fields = [*([dataloader_idx] if self._several_loaders else []), index]
+            fields += [*([targets[row]] if self._with_target else []), predicted[row]]
             self._writer.writerow([*fields, *(f"{p:.6g}" for p in probs)])
+        self._rows += count
 
     @override
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._close()
-        rank_zero_info(f"\nPredictions ({self._next_index} rows): {self.path}\n")
+        rank_zero_info(f"\nPredictions ({self._rows} rows): {self.path}\n")
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:

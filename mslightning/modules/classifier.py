@@ -110,6 +110,9 @@ class MultiStreamClassifier(GroupedOptimizationModule):
                 "no_weight_decay_on_norm_and_bias": no_weight_decay_on_norm_and_bias,
             }
         )
+        # pretrained files only initialise the trunks: a checkpoint holds the trained weights, and
+        # reloading it must not need those files (run directories keep them in config.yaml)
+        self.hparams["weights"] = None
         backbones = dict(backbone) if isinstance(backbone, Mapping) else dict.fromkeys(streams, backbone)
         weights = dict(weights or {})
         for what, mapping in (("backbone", backbones), ("weights", weights)):

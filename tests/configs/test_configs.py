@@ -72,6 +72,6 @@ def test_main_job_validate_reproduces_checkpoint_metrics(tmp_path, monkeypatch, 
     validate = MSLightningCLI(args=["validate", "--config", str(config), "--ckpt_path", "best", *small])
     assert "--ckpt_path best: using logs/dual_stream_synthetic/version_0/checkpoints/best.ckpt" in caplog.text
     assert float(validate.trainer.callback_metrics["val/fused/acc"]) == pytest.approx(recorded)
-    (line,) = checkpoint_agreement(str(best), validate.trainer.callback_metrics)
+    (line,) = checkpoint_agreement(best, best, validate.trainer.callback_metrics)
     assert line.startswith("val/fused/acc: checkpoint recorded") and line in caplog.text
     assert torch.load(best, weights_only=True)["state_dict"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
 from torch.utils.data import Dataset
 
@@ -57,3 +58,11 @@ class TurnsNaNDataModule(SyntheticStreamsDataModule):
         super().setup(stage)
         if not isinstance(self.train_set, _TurnsNaN):
             self.train_set = _TurnsNaN(self.train_set, self.nan_stream, self.nan_after)
+
+
+class BuggyModel(pl.LightningModule):
+    """A user's model with a bug in its constructor: the CLI must keep the traceback."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.size = None.width  # type: ignore[attr-defined]

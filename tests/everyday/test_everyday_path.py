@@ -11,7 +11,7 @@ import pytest
 import torch
 from everyday_kit import MAIN_CONFIG, TINY, sha256
 
-from mslightning.cli import MSLightningCLI, main
+from mslightning.cli import MSLightningCLI, checkpoint_agreement, find_run_checkpoint, main
 from mslightning.data import SyntheticStreamsDataModule
 from mslightning.modules import MultiStreamClassifier
 from mslightning.nn import GatedFusion
@@ -50,6 +50,7 @@ def test_every_fit_gets_its_own_run_directory(in_run_dir):
 def test_predict_writes_the_run_directory_file(in_run_dir, caplog):
     cli = MSLightningCLI(args=["predict", "--config", str(MAIN_CONFIG), *TINY, "--ckpt_path", "last"])
     path = Path(cli.trainer.log_dir) / "predictions.csv"
+    assert cli.config_init.predict.return_predictions is False  # the writer has them; no copy in memory
     assert f"Predictions (16 rows): {path}" in caplog.text
     rows = list(csv.DictReader(path.open()))
     assert list(rows[0]) == ["index", "target", "predicted", "prob_0", "prob_1", "prob_2", "prob_3"]
@@ -190,3 +191,31 @@ def test_streams_and_classes_written_once_also_with_fixed_classes(capsys):
     with pytest.raises(SystemExit):  # with fixed classes jsonargparse itself refuses a linked value
         MSLightningCLI(MultiStreamClassifier, SyntheticStreamsDataModule, run=False, args=["--model.num_classes", "3"])
     assert 'Linked "model.num_classes" must be given via "data.num_classes"' in capsys.readouterr().err
+
+
+def test_last_is_the_latest_epoch_and_best_the_monitored_one(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    fit = MSLightningCLI(args=["fit", "--config", str(MAIN_CONFIG), *TINY, "--trainer.max_epochs", "3"])
+    checkpoints = tmp_path / "logs/dual_stream_synthetic/version_0/checkpoints"
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 2
+    runs = ["logs/dual_stream_synthetic/*/checkpoints"]
+    assert find_run_checkpoint(runs, "last").resolve() == checkpoints / "last.ckpt"
+    best = find_run_checkpoint(runs, "best").resolve()
+    assert best == Path(fit.trainer.checkpoint_callback.best_model_path).resolve() == checkpoints / "best.ckpt"
+    # `last` is not a monitored checkpoint: validating it reports no recorded score
+    validate = MSLightningCLI(args=["validate", "--config", str(MAIN_CONFIG), *TINY, "--ckpt_path", "last"])
+    assert (
+        checkpoint_agreement(
+            checkpoints / "last.ckpt",
+            "logs/dual_stream_synthetic/version_0/checkpoints/last.ckpt",
+            validate.trainer.callback_metrics,
+        )
+        == []
+    )
+    assert "checkpoint recorded" not in caplog.text
+
+
+def test_a_bug_in_user_code_keeps_its_traceback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(AttributeError, match="'NoneType' object has no attribute 'width'"):
+        main(["fit", "--config", str(MAIN_CONFIG), *TINY, "--model", "everyday_kit.BuggyModel"])
