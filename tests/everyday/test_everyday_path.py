@@ -219,3 +219,12 @@ def test_a_bug_in_user_code_keeps_its_traceback(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(AttributeError, match="'NoneType' object has no attribute 'width'"):
         main(["fit", "--config", str(MAIN_CONFIG), *TINY, "--model", "everyday_kit.BuggyModel"])
+
+
+def test_a_parameter_free_fusion_skips_its_group_with_a_note(caplog):
+    cli = MSLightningCLI(
+        args=["--config", str(MAIN_CONFIG), *TINY, "--model.init_args.fusion", "mslightning.nn.ConcatFusion"], run=False
+    )
+    optimizer = cli.model.configure_optimizers()[0][0]
+    assert [pg["name"] for pg in optimizer.param_groups if "/" not in pg["name"]] == ["rgb", "depth", "head"]
+    assert "parameter group 'fusion' is skipped: its part (['fusion.*']) has no trainable parameter" in caplog.text
