@@ -46,8 +46,10 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelChe
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from mslightning.files import load_torch_file
+from mslightning.modules.hparams import changed_settings
 
 __all__ = ["MSLightningCLI", "checkpoint_agreement", "find_run_checkpoint", "main"]
 
@@ -168,6 +170,7 @@ class MSLightningCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._checkpoint: Mapping[str, Any] | None = None
         self._written_links: set[str] = set()
+        self._links_origin = ""  # where linked model values came from when not from the config
         if kwargs.get("auto_configure_optimizers"):
             raise ValueError(
                 "MSLightningCLI never auto-configures optimizers: that would collapse the named "
@@ -254,6 +257,11 @@ class MSLightningCLI(LightningCLI):
                 continue
             written = dict(written) if isinstance(written, Mapping) else written
             if written != (dict(data_value) if isinstance(data_value, Mapping) else data_value):
+                if self._links_origin:
+                    raise ValueError(
+                        f"{self._links_origin} was trained with {target}={written!r}, but the data has "
+                        f"{source}={data_value!r}. Use data like the checkpoint's, or train a new model."
+                    )
                 raise ValueError(
                     f"model.{target}={written!r} disagrees with the data's {source}={data_value!r}. The model takes "
                     f"{target} from the data: remove model.{target} from the config (write it once, under data)."
@@ -281,17 +289,25 @@ class MSLightningCLI(LightningCLI):
             rank_zero_info(f"--ckpt_path {ckpt_path}: using {resolved}")
             config["ckpt_path"] = ckpt_path = str(resolved)
         self._checkpoint = None
+        special = ("hpc", "registry")
+        if ckpt_path and ckpt_path not in special and not Path(ckpt_path).exists() and not Path(ckpt_path).suffix:
+            raise FileNotFoundError(
+                f"--ckpt_path '{ckpt_path}': no such file; the latest run's checkpoints are `best` and `last`."
+            )
         if ckpt_path and ckpt_path not in ("hpc", "registry"):
             self._checkpoint = check_checkpoint_file(ckpt_path)
         before = _plain_model_args(self.parser, self.config)
         super()._parse_ckpt_path()
         after = _plain_model_args(self.parser, self.config)
         linked = set(LINKS.values())  # filled in from the data when the model is built
-        changed = [
-            f"{key}: {before[key]!r} -> {after[key]!r}"
-            for key in after
-            if key in before and key not in linked and before[key] != after[key]
-        ]
+        changed = changed_settings(
+            {k: v for k, v in before.items() if k not in linked}, {k: v for k, v in after.items() if k not in linked}
+        )
+        saved = (self._checkpoint or {}).get("hyper_parameters") or {}
+        from_checkpoint = {key for key in linked if saved.get(key) is not None}
+        if from_checkpoint:  # the model is rebuilt with the checkpoint's values: they must fit the data
+            self._written_links |= from_checkpoint
+            self._links_origin = f"the checkpoint '{ckpt_path}'"
         if changed:
             rank_zero_warn(
                 f"--ckpt_path {ckpt_path}: these model settings differ from the configuration; the checkpoint's "
@@ -338,9 +354,12 @@ class MSLightningCLI(LightningCLI):
         """Warn when the weights are untrained; with a prediction writer, keep no copy in memory."""
         self._warn_untrained()
         config = self.config_init[self.subcommand]
-        if config.get("return_predictions") is None and any(
-            isinstance(callback, BasePredictionWriter) for callback in self.trainer.callbacks
-        ):
+        if not any(isinstance(callback, BasePredictionWriter) for callback in self.trainer.callbacks):
+            rank_zero_warn(
+                "predict has no prediction writer, so its predictions are computed and then dropped; add one to "
+                "trainer.callbacks, e.g. `class_path: mslightning.callbacks.ClassProbabilityWriter`."
+            )
+        elif config.get("return_predictions") is None:
             config["return_predictions"] = False
 
     def _report_logs(self) -> None:
@@ -431,7 +450,7 @@ def _check_param_group_overrides(paths: list[str]) -> None:
 
 def _plain_model_args(parser: LightningArgumentParser, config: Any) -> dict[str, Any]:
     subcommand = config.get("subcommand")
-    dumped = yaml.safe_load(parser.dump(config, skip_link_targets=False, skip_none=False, skip_validation=True))
+    dumped = yaml.safe_load(parser.dump(config, skip_link_targets=False, skip_validation=True))
     model = (dumped.get(subcommand) if subcommand else dumped or {}).get("model") or {}
     return {**(model.get("init_args") or {}), **(model.get("dict_kwargs") or {})} if isinstance(model, dict) else {}
 
@@ -574,19 +593,22 @@ def _library_error(error: BaseException) -> bool:
 def main(args: list[str] | None = None) -> None:
     """Run the ``mslightning`` command line.
 
-    Errors raised by mslightning (bad configuration, files, data, non-finite training) are
-    printed as one message, without a traceback (set ``MSLIGHTNING_TRACEBACK=1`` to see it),
-    and the command exits with status 1. Other errors keep their traceback.
+    Errors raised by mslightning (bad configuration, files, data, non-finite training) and
+    Lightning's own configuration errors (``MisconfigurationException``) are printed as one
+    message, without a traceback (set ``MSLIGHTNING_TRACEBACK=1`` to see it), and the command
+    exits with status 1. Other errors keep their traceback.
 
     Args:
         args: Command-line arguments; ``None`` reads ``sys.argv``.
     """
     try:
         MSLightningCLI(args=args)
-    except (ValueError, FileNotFoundError, TypeError, RuntimeError) as error:
-        if os.environ.get("MSLIGHTNING_TRACEBACK") or not _library_error(getattr(error, "mslightning_root", error)):
+    except (ValueError, FileNotFoundError, TypeError, RuntimeError, MisconfigurationException) as error:
+        ours = _library_error(getattr(error, "mslightning_root", error))
+        if os.environ.get("MSLIGHTNING_TRACEBACK") or not (ours or isinstance(error, MisconfigurationException)):
             raise
-        sys.stderr.write(f"mslightning: error: {error}\n")
+        # on a line of its own: a progress bar may still be on the current one
+        sys.stderr.write(f"\nmslightning: error: {error}\n")
         sys.exit(1)
 
 

@@ -77,18 +77,22 @@ def check_streams(streams: Any, origin: str = "streams") -> dict[str, int]:
     return dict(streams)
 
 
-def check_stream_inputs(inputs: Any, streams: Mapping[str, int], owner: str = "The model") -> None:
+def check_stream_inputs(
+    inputs: Any, streams: Mapping[str, int], owner: str = "The model", dtype: torch.dtype | None = None
+) -> None:
     """Check a batch's inputs against a model's streams: names, dtype and channel count.
 
     Args:
         inputs: Stream name -> ``(B, C_m, ...)`` floating-point tensor.
         streams: The model's stream name -> channel count.
         owner: Who checks, for the message (e.g. ``"MultiStreamClassifier"``).
+        dtype: The model's floating-point dtype; inputs of another one (float64 data for a
+            float32 model) are refused. ``None`` skips this check.
 
     Raises:
         ValueError: For inputs that are not a mapping, a missing or unexpected stream, a
-            non-floating-point tensor (e.g. uint8 images), a wrong channel count, or streams
-            with different batch sizes.
+            non-floating-point tensor (e.g. uint8 images), one of another dtype than the model's,
+            a wrong channel count, or streams with different batch sizes.
     """
     if not isinstance(inputs, Mapping):
         raise ValueError(f"{owner} expects inputs as a mapping stream name -> tensor, got {type(inputs).__name__}.")
@@ -109,6 +113,11 @@ def check_stream_inputs(inputs: Any, streams: Mapping[str, int], owner: str = "T
                 f"Stream {name!r}: expected floating-point inputs, got {x.dtype} (shape {tuple(x.shape)}). "
                 "Convert and scale the data first, e.g. uint8 images with `x.float() / 255`."
             )
+        if dtype is not None and x.dtype != dtype:
+            raise ValueError(
+                f"Stream {name!r}: the model computes in {dtype} but the data is {x.dtype} "
+                f"(shape {tuple(x.shape)}); convert the data, e.g. `x.to({str(dtype).removeprefix('torch.')})`."
+            )
         if x.ndim < 2 or x.shape[1] != channels:
             got = x.shape[1] if x.ndim >= 2 else f"a {x.ndim}-D tensor"
             raise ValueError(
@@ -121,7 +130,11 @@ def check_stream_inputs(inputs: Any, streams: Mapping[str, int], owner: str = "T
 
 
 def check_classification_batch(
-    batch: Any, streams: Mapping[str, int], num_classes: int, owner: str = "The model"
+    batch: Any,
+    streams: Mapping[str, int],
+    num_classes: int,
+    owner: str = "The model",
+    dtype: torch.dtype | None = None,
 ) -> None:
     """Check one ``(inputs, target)`` batch against a classifier's streams and class count.
 
@@ -134,6 +147,7 @@ def check_classification_batch(
         streams: The model's stream name -> channel count.
         num_classes: The model's class count K.
         owner: Who checks, for the message (e.g. ``"MultiStreamClassifier"``).
+        dtype: The model's floating-point dtype (see :func:`check_stream_inputs`).
 
     Raises:
         ValueError: Naming the disagreement: not a pair, any problem of
@@ -147,14 +161,14 @@ def check_classification_batch(
             f"got a {type(batch).__name__}{length}."
         )
     inputs, target = batch
-    check_stream_inputs(inputs, streams, owner)
+    check_stream_inputs(inputs, streams, owner, dtype)
     if not isinstance(target, Tensor):
         raise ValueError(f"{owner} expects the target as a tensor of class indices, got {type(target).__name__}.")
-    if target.is_floating_point() or target.dtype == torch.bool or target.ndim != 1:
+    if target.dtype != torch.int64 or target.ndim != 1:
         raise ValueError(
-            f"{owner} expects the target as (B,) integer class indices, got {target.dtype} of shape "
-            f"{tuple(target.shape)}. Soft, one-hot or (B, 1) targets are not class indices: use "
-            "`target.argmax(1)`, `target.squeeze(1)` or `target.long()`."
+            f"{owner} expects the target as (B,) int64 class indices, got {target.dtype} of shape "
+            f"{tuple(target.shape)}. Soft, one-hot or (B, 1) targets are not class indices, and cross-entropy "
+            "takes int64 only: use `target.argmax(1)`, `target.squeeze(1)` or `target.long()`."
         )
     batch_size = next(iter(inputs.values())).shape[0]
     if target.shape[0] != batch_size:

@@ -15,7 +15,12 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from mslightning.callbacks.nonfinite import NonFiniteGuard
-from mslightning.modules.hparams import canonical_config, canonical_param_groups, save_plain_hyperparameters
+from mslightning.modules.hparams import (
+    canonical_config,
+    canonical_param_groups,
+    changed_settings,
+    save_plain_hyperparameters,
+)
 from mslightning.optim import (
     ParamGroup,
     clip_grad_norm_per_group,
@@ -24,6 +29,7 @@ from mslightning.optim import (
     named_param_groups,
     select_names,
 )
+from mslightning.optim.patterns import describe_names
 
 __all__ = ["GroupedOptimizationModule"]
 
@@ -135,7 +141,28 @@ class GroupedOptimizationModule(pl.LightningModule):
                     continue
                 group = replace(group, params=default.params)
             resolved.append(group)
+        self._warn_about_stray_catch_all(resolved, defaults, trainable)
         return resolved
+
+    def _warn_about_stray_catch_all(
+        self, groups: list[ParamGroup], defaults: Mapping[str, ParamGroup], trainable: list[str]
+    ) -> None:
+        """A configured group without ``params`` that names no part takes whatever is left: say what.
+
+        E.g. ``depth: {}`` after the data's ``depth`` stream was renamed ``thermal``: without this
+        note, ``depth`` would silently take the ``thermal`` encoder.
+        """
+        stray = [g for g in groups if g.params is None and g.name not in defaults]
+        if not stray or all(default.params is None for default in defaults.values()):
+            return
+        claimed = {name for g in groups if g.params is not None for name in select_names(trainable, g.params)}
+        leftover = [name for name in trainable if name not in claimed]
+        rank_zero_warn(
+            f"{type(self).__name__}: parameter group {stray[0].name!r} has no `params` and names no part of the model "
+            f"({[name for name, d in defaults.items() if d.params is not None]}), so it takes every parameter no "
+            f"other group matched: {describe_names(leftover, 4)} ({len(leftover)} parameters). Name it after a "
+            "part, or give it `params`."
+        )
 
     @override
     def setup(self, stage: str) -> None:
@@ -196,12 +223,16 @@ class GroupedOptimizationModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("hyper_parameters") or {}
         current = dict(self.hparams)
-        changed = []
-        for key in sorted(set(saved) & set(current) - set(_BOOKKEEPING)):
-            canonical = canonical_param_groups if key == "param_groups" else canonical_config
-            before, now = canonical(saved[key]), canonical(current[key])
-            if before != now:
-                changed.append(f"{key}: checkpoint {before!r}, now {now!r}")
+        keys = sorted(set(saved) & set(current) - set(_BOOKKEEPING))
+
+        def canonical(hparams: Mapping[str, Any]) -> dict[str, Any]:
+            return {
+                key: (canonical_param_groups if key == "param_groups" else canonical_config)(hparams[key])
+                for key in keys
+            }
+
+        line = "{key}: checkpoint {before!r}, now {after!r}"
+        changed = changed_settings(canonical(saved), canonical(current), line)
         if changed:
             rank_zero_warn(
                 f"{type(self).__name__}: the checkpoint was made with other settings than this model's. The weights "

@@ -25,6 +25,7 @@ __all__ = ["DualStreamClassifier", "MultiStreamClassifier"]
 Batch = tuple[dict[str, Tensor], Tensor]
 STAGES = ("train", "val", "test")
 FUSED = "fused"
+SHARED_PARTS = ("fusion", "head", FUSED)
 
 
 class MultiStreamClassifier(GroupedOptimizationModule):
@@ -87,6 +88,12 @@ class MultiStreamClassifier(GroupedOptimizationModule):
     ) -> None:
         super().__init__(optimizer, param_groups, no_weight_decay_on_norm_and_bias)
         streams = check_streams(streams if streams is not None else {"rgb": 3, "depth": 1}, "streams")
+        reserved = [name for name in streams if name in SHARED_PARTS]
+        if reserved:
+            raise ValueError(
+                f"streams: {reserved} cannot name a stream: {list(SHARED_PARTS)} are the model's shared parts "
+                "(parameter groups and metric keys would clash). Rename the stream."
+            )
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
         if not aux_weight >= 0:
@@ -240,7 +247,7 @@ class MultiStreamClassifier(GroupedOptimizationModule):
         if stage not in self._checked_stages:
             # once per stage: labels out of range, float or (B, 1) targets, uint8 images and stream
             # mismatches get a message naming both sides instead of a torch error later
-            check_classification_batch(batch, self.streams, self.num_classes, type(self).__name__)
+            check_classification_batch(batch, self.streams, self.num_classes, type(self).__name__, self.dtype)
             self._checked_stages.add(stage)
         inputs, target = batch
         fused, stream_logits = self(inputs)
@@ -284,7 +291,7 @@ class MultiStreamClassifier(GroupedOptimizationModule):
         """Class probabilities (B, K) of the fused prediction; batches are inputs or (inputs, target)."""
         inputs = batch if isinstance(batch, Mapping) else batch[0]
         if "predict" not in self._checked_stages:
-            check_stream_inputs(inputs, self.streams, type(self).__name__)
+            check_stream_inputs(inputs, self.streams, type(self).__name__, self.dtype)
             self._checked_stages.add("predict")
         return self(inputs)[0].softmax(dim=1)
 

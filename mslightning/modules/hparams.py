@@ -22,7 +22,14 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
-__all__ = ["NotPlainError", "canonical_config", "canonical_param_groups", "save_plain_hyperparameters", "to_plain"]
+__all__ = [
+    "NotPlainError",
+    "canonical_config",
+    "canonical_param_groups",
+    "changed_settings",
+    "save_plain_hyperparameters",
+    "to_plain",
+]
 
 LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 
@@ -197,6 +204,39 @@ def canonical_param_groups(value: Any) -> Any:
         }
         for name, settings in value.items()
     }
+
+
+def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping) and value:
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_leaves(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: value}
+
+
+def changed_settings(
+    before: Mapping[str, Any], after: Mapping[str, Any], line: str = "{key}: {before!r} -> {after!r}"
+) -> list[str]:
+    """One line per setting that differs, by its dotted path, e.g. ``param_groups.rgb.lr: 0.002 -> 0.0001``.
+
+    Args:
+        before: Settings (nested mappings of plain data).
+        after: The same settings, changed.
+        line: Format of one line, with the fields ``key``, ``before`` and ``after``.
+
+    Returns:
+        ``"<path>: <before> -> <after>"`` for every leaf that differs (``<not set>`` where one
+        side lacks it), in ``after``'s order.
+    """
+    old, new = _leaves(before), _leaves(after)
+    missing = "<not set>"
+    keys = [*new, *(key for key in old if key not in new)]
+    return [
+        line.format(key=key, before=old.get(key, missing), after=new.get(key, missing))
+        for key in keys
+        if old.get(key, missing) != new.get(key, missing)
+    ]
 
 
 def to_plain_or_none(value: Any) -> Any:

@@ -301,6 +301,12 @@ CLI_CASES = [
     ),
     # --ckpt_path
     pytest.param(
+        [*VALIDATE, "--ckpt_path", "bset"],
+        LIBRARY,
+        ["'bset'", "no such file", "`best` and `last`"],
+        id="cli-ckpt_path-typo-of-best",
+    ),
+    pytest.param(
         [*VALIDATE, "--ckpt_path", "no_such.ckpt"],
         LIBRARY,
         ["--ckpt_path", "'no_such.ckpt'", "no such file"],
@@ -441,7 +447,7 @@ API_CASES = [
     pytest.param(
         _train(_batch(target=torch.tensor([0.0, 1.0, 2.0, 3.0]))),
         ValueError,
-        ["torch.float32", "(4,)", "integer class indices"],
+        ["torch.float32", "(4,)", "int64 class indices"],
         id="api-float-targets",
     ),
     pytest.param(
@@ -461,6 +467,18 @@ API_CASES = [
         ValueError,
         ["Stream 'rgb'", "torch.uint8"],
         id="api-uint8-images",
+    ),
+    pytest.param(
+        _train(_batch(dtype=torch.float64)),
+        ValueError,
+        ["Stream 'rgb'", "torch.float32", "torch.float64"],
+        id="api-float64-images-for-a-float32-model",
+    ),
+    pytest.param(
+        _train(_batch(target=torch.zeros(B, dtype=torch.int32))),
+        ValueError,
+        ["torch.int32", "int64", "target.long()"],
+        id="api-int32-targets",
     ),
     pytest.param(
         _train(_batch(depth=None)),
@@ -493,6 +511,12 @@ API_CASES = [
         id="api-predict_step-wrong-channels",
     ),
     # constructors
+    pytest.param(
+        lambda ctx: MultiStreamClassifier(streams={"rgb": 3, "fusion": 1}),
+        ValueError,
+        ["['fusion']", "shared parts"],
+        id="api-stream-named-like-a-shared-part",
+    ),
     pytest.param(
         lambda ctx: MultiStreamClassifier(num_classes=1),
         ValueError,

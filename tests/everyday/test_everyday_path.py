@@ -228,3 +228,37 @@ def test_a_parameter_free_fusion_skips_its_group_with_a_note(caplog):
     optimizer = cli.model.configure_optimizers()[0][0]
     assert [pg["name"] for pg in optimizer.param_groups if "/" not in pg["name"]] == ["rgb", "depth", "head"]
     assert "parameter group 'fusion' is skipped: its part (['fusion.*']) has no trainable parameter" in caplog.text
+
+
+def test_a_group_left_from_a_renamed_stream_is_named(recwarn):
+    model = MultiStreamClassifier(
+        streams={"rgb": 3, "thermal": 1},
+        param_groups={"rgb": ParamGroup(lr=1e-3), "depth": ParamGroup(), "fusion": ParamGroup(), "head": ParamGroup()},
+    )
+    assert [g.name for g in model.resolved_param_groups()] == ["rgb", "depth", "head"]
+    (warning,) = [str(w.message) for w in recwarn if "names no part" in str(w.message)]
+    assert "parameter group 'depth' has no `params`" in warning and "'encoders.thermal.conv1.weight'" in warning
+
+
+def test_a_checkpoint_whose_streams_do_not_fit_the_data(in_run_dir, capsys):
+    best = "logs/dual_stream_synthetic/version_0/checkpoints/best.ckpt"
+    with pytest.raises(SystemExit):
+        main(
+            ["validate", "--config", str(MAIN_CONFIG), *TINY, "--ckpt_path", best, "--data.init_args.num_classes", "5"]
+        )
+    err = capsys.readouterr().err
+    assert f"the checkpoint '{best}' was trained with num_classes=4, but the data has num_classes=5" in err
+
+
+def test_predict_without_a_writer_says_so(in_run_dir):
+    args = [
+        "predict",
+        "--model",
+        "mslightning.modules.MultiStreamClassifier",
+        "--data",
+        "mslightning.data.SyntheticStreamsDataModule",
+    ]
+    args += ["--data.init_args.image_size", "16", "--data.init_args.test_size", "8", "--trainer.logger", "false"]
+    with pytest.warns(UserWarning, match="predict has no prediction writer"):
+        last = "logs/dual_stream_synthetic/version_0/checkpoints/last.ckpt"
+        MSLightningCLI(args=[*args, "--ckpt_path", last, "--trainer.enable_progress_bar", "false"])
