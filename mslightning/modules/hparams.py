@@ -158,6 +158,7 @@ def canonical_config(value: Any) -> Any:
     Returns:
         The canonical form of ``value``.
     """
+    value = _as_dict(value)
     if isinstance(value, Mapping) and "class_path" in value:
         path = str(value["class_path"])
         module_name, _, attr = path.rpartition(".")
@@ -191,6 +192,7 @@ def canonical_param_groups(value: Any) -> Any:
     """
     from mslightning.optim import ParamGroup  # optim does not depend on modules
 
+    value = _as_dict(value)
     if isinstance(value, list) and all(isinstance(group, Mapping) and "name" in group for group in value):
         value = {group["name"]: group for group in value}
     if not isinstance(value, Mapping):
@@ -199,11 +201,26 @@ def canonical_param_groups(value: Any) -> Any:
     return {
         name: {
             key: canonical_config(item)
-            for key, item in (settings or {}).items()
+            for key, item in _group_fields(settings).items()
             if key != "name" and item != defaults.get(key, dataclasses.MISSING)
         }
         for name, settings in value.items()
     }
+
+
+def _as_dict(value: Any) -> Any:
+    """Jsonargparse's ``Namespace`` (Lightning turns loaded hparams into them in place) as a dict."""
+    return value.as_dict() if callable(getattr(value, "as_dict", None)) else value
+
+
+def _group_fields(settings: Any) -> dict[str, Any]:
+    """A group's fields, also from jsonargparse's ``{"class_path": ..., "init_args.<field>": ...}`` dump."""
+    settings = dict(_as_dict(settings) or {})
+    if "class_path" not in settings:
+        return settings
+    fields = dict(settings.get("init_args") or {})
+    fields.update({key.removeprefix("init_args."): v for key, v in settings.items() if key.startswith("init_args.")})
+    return fields
 
 
 def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -68,10 +68,11 @@ def test_predict_writes_the_run_directory_file(in_run_dir, caplog):
     torch.testing.assert_close(probabilities[:8], expected, atol=1e-5, rtol=0)
 
 
-def test_cli_checkpoint_reloads_without_arguments(in_run_dir):
+def test_cli_checkpoint_reloads_without_arguments(in_run_dir, recwarn):
     best = in_run_dir / "logs/dual_stream_synthetic/version_0/checkpoints/best.ckpt"
     checkpoint = torch.load(best, weights_only=True)  # plain data only
     model = MultiStreamClassifier.load_from_checkpoint(best)
+    assert not [w for w in recwarn if "other settings" in str(w.message)]  # same model, different spelling
     assert type(model.fusion).__name__ == "WeightedFusion" and model.streams == {"rgb": 3, "depth": 1}
     assert [g.name for g in model.resolved_param_groups()] == ["rgb", "depth", "fusion", "head"]
     for name, tensor in model.state_dict().items():
