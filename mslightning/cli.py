@@ -49,7 +49,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from mslightning.files import load_torch_file
-from mslightning.modules.hparams import changed_settings
+from mslightning.modules.hparams import changed_settings, signature_defaults
 
 __all__ = ["MSLightningCLI", "checkpoint_agreement", "find_run_checkpoint", "main"]
 
@@ -217,7 +217,7 @@ class MSLightningCLI(LightningCLI):
             target
             for target in LINKS.values()
             if any(re.match(rf"--model\.(init_args\.)?{target}(=|$)", arg) for arg in command_line)
-            or any(target in _model_args_of(path) for path in paths)
+            or any(target in _model_section_of(path)[1] for path in paths)
         }
 
     def instantiate_classes(self) -> None:
@@ -247,7 +247,7 @@ class MSLightningCLI(LightningCLI):
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         model_config = config.get("model") or {}
         model_args = (model_config.get("init_args") or {}) if self.subclass_mode_model else model_config
-        defaults = _init_defaults(type(self.model))
+        defaults = signature_defaults(type(self.model))
         for source, target in LINKS.items():
             data_value = getattr(self.datamodule, source, None)
             written = model_args.get(target) if hasattr(model_args, "get") else None
@@ -385,14 +385,6 @@ class MSLightningCLI(LightningCLI):
             rank_zero_info(line)
 
 
-def _init_defaults(cls: type) -> dict[str, Any]:
-    return {
-        name: p.default
-        for name, p in inspect.signature(cls.__init__).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-
-
 def _model_section_of(path: str) -> tuple[str | None, Mapping[str, Any]]:
     """The model class_path and arguments a config file writes (``None``/``{}`` where it writes none)."""
     try:
@@ -404,10 +396,6 @@ def _model_section_of(path: str) -> tuple[str | None, Mapping[str, Any]]:
         return None, {}
     init_args = model.get("init_args") if isinstance(model.get("init_args"), Mapping) else model
     return model.get("class_path"), init_args
-
-
-def _model_args_of(path: str) -> Mapping[str, Any]:
-    return _model_section_of(path)[1]
 
 
 def _param_groups_of(path: str) -> tuple[str | None, dict[str, Any] | None]:

@@ -28,6 +28,7 @@ __all__ = [
     "canonical_param_groups",
     "changed_settings",
     "save_plain_hyperparameters",
+    "signature_defaults",
     "to_plain",
 ]
 
@@ -136,7 +137,15 @@ def save_plain_hyperparameters(module: pl.LightningModule, init_args: Mapping[st
     return skipped
 
 
-def _signature_defaults(obj: Any) -> dict[str, Any]:
+def signature_defaults(obj: Any) -> dict[str, Any]:
+    """The default of every parameter that has one, of a class's ``__init__`` or of a function.
+
+    Args:
+        obj: A class or a callable.
+
+    Returns:
+        Parameter name -> default; ``{}`` where no signature can be read.
+    """
     target = obj.__init__ if inspect.isclass(obj) else obj
     try:
         parameters = inspect.signature(target).parameters
@@ -164,7 +173,7 @@ def canonical_config(value: Any) -> Any:
         module_name, _, attr = path.rpartition(".")
         try:
             cls = getattr(importlib.import_module(module_name), attr)
-            path, defaults = f"{cls.__module__}.{cls.__qualname__}", _signature_defaults(cls)
+            path, defaults = f"{cls.__module__}.{cls.__qualname__}", signature_defaults(cls)
         except (ImportError, AttributeError, ValueError):
             defaults = {}
         init_args = {
