@@ -7,12 +7,13 @@
 * :class:`NonFiniteGuard`: stops training at the first NaN/Inf loss; no checkpoint holds
   non-finite weights.
 * :class:`ClassProbabilityWriter`: ``predict`` writes class probabilities to a CSV file.
+* :class:`PredictionTableWriter`: ``predict`` writes the columns ``predict_step`` returns to CSV.
 """
 
 from mslightning.callbacks.advice import Advisor, EpochEvidence, Recommendation, StreamThresholds
 from mslightning.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
 from mslightning.callbacks.pathways import PathwayAnalysis, PathwayAnalyzable
-from mslightning.callbacks.predictions import ClassProbabilityWriter
+from mslightning.callbacks.predictions import ClassProbabilityWriter, PredictionTableWriter
 from mslightning.callbacks.stream_monitor import StreamMonitor
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "NonFiniteGuard",
     "PathwayAnalysis",
     "PathwayAnalyzable",
+    "PredictionTableWriter",
     "Recommendation",
     "StreamMonitor",
     "StreamThresholds",

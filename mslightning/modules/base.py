@@ -107,11 +107,16 @@ class GroupedOptimizationModule(pl.LightningModule):
             )
 
     def default_param_groups(self) -> list[ParamGroup]:
-        """The groups used when none are configured: a single catch-all group ``"all"``.
+        """The groups used when none are configured: one per declared part, else one catch-all group.
 
         Returns:
-            The default group list; subclasses return one group per stream plus shared parts.
+            One group per entry of :attr:`stream_patterns` (named like the part) when the module
+            declares it, else a single catch-all group ``"all"``. Subclasses with shared parts
+            that are not monitored add their groups.
         """
+        declared = getattr(self, "stream_patterns", None)
+        if declared:
+            return [ParamGroup(name, patterns) for name, patterns in declared.items()]
         return [ParamGroup("all")]
 
     def resolved_param_groups(self) -> list[ParamGroup]:
