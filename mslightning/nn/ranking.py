@@ -156,9 +156,9 @@ class ScoreHead(PairHead):
     def forward(self, features_a: Tensor, features_b: Tensor) -> Tensor:
         """``s(a) - s(b)``: see :meth:`PairHead.forward`."""
         _check_pair(features_a, features_b, self.in_features, type(self).__name__)
-        scores = self.score(torch.cat([features_a, features_b]))
-        score_a, score_b = scores.chunk(2)
-        return score_a - score_b
+        # two calls, not one on the concatenation: a row's result then does not depend on its
+        # position in the batch, so l(b, a) == -l(a, b) holds bit for bit
+        return self.score(features_a) - self.score(features_b)
 
     def series_scores(self, features: Tensor) -> Tensor:
         """The scores themselves: see :meth:`PairHead.series_scores`."""
