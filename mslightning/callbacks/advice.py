@@ -25,6 +25,10 @@ Rules (``kind``):
 * ``not_optimized`` (no patience): it receives gradients but no optimizer holds its parameters.
 * ``healthy``: emitted when no warning is active.
 
+The three rules that compare streams (``dominant``, ``slow``, ``weight_growth``) apply only
+when the streams are peers (``EpochEvidence.compare_streams``): parallel encoders of one
+network, not parts in series such as a pretrained backbone and its fresh head.
+
 Root causes first: a stream that is overfitting is not also called ``slow`` (its gradients
 vanish because it has fit the training set) nor used as the reference for ``dominant``; while a
 stream is ``slow``/``stalled``, no stream is called ``dominant`` (the slow stream's gradients stay
@@ -158,6 +162,8 @@ class EpochEvidence:
         weight_decay: Current weight decay of that group.
         group: Display name of that group.
         shares_group_with: Other streams whose parameters sit in the same group.
+        compare_streams: Whether the streams are peers to compare (``dominant``, ``slow``,
+            ``weight_growth``); False for parts in series such as a backbone and a head.
     """
 
     epoch: int
@@ -176,6 +182,7 @@ class EpochEvidence:
     weight_decay: Mapping[str, float] = field(default_factory=dict)
     group: Mapping[str, str] = field(default_factory=dict)
     shares_group_with: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    compare_streams: bool = True
 
 
 @dataclass
@@ -297,6 +304,8 @@ class Advisor:
                 continue
             stalled = u < self._relaxed("stalled", m, t.stall_update_ratio, False)
             out["stalled"][m] = (stalled, u)
+            if not ev.compare_streams:
+                continue
             other_u = [ev.update_ratio.get(n) for n in learning if n != m and n not in overfitting]
             other_u = [v for v in other_u if v is not None and v > 0]
             if other_u:
@@ -305,6 +314,8 @@ class Advisor:
         slow = {m for m in learning if out["slow"].get(m, (None,))[0] or out["stalled"].get(m, (None,))[0]}
         slow |= {m for m in learning if self._is_active("slow", m) or self._is_active("stalled", m)}
 
+        if not ev.compare_streams:
+            return out
         for m in learning:
             gn = ev.grad_norm.get(m)
             other_gn = [ev.grad_norm[n] for n in learning if n != m and n not in overfitting and n in ev.grad_norm]
@@ -478,4 +489,7 @@ def _healthy_message(ev: EpochEvidence) -> str:
         details.append("overfitting score " + ", ".join(f"{m} {_fmt(v)}" for m, v in ev.overfit_score.items()))
     else:
         details.append("overfitting not measured (no per-stream predictions)")
+    if not ev.compare_streams:
+        details.append(f"the parts {list(ev.streams)} are not compared with each other")
+        return "healthy: no part is stalled, memorising or diverging (" + "; ".join(details) + ")."
     return "healthy: no stream is starving, dominating, memorising or diverging (" + "; ".join(details) + ")."

@@ -183,6 +183,12 @@ class StreamMonitor(EpochEndCallback):
         histogram_every_n_epochs: Log per-stream weight and gradient histograms at the first
             logged step of every this many epochs (TensorBoard only). ``None`` disables.
         verbose: Print the recommendations to the console (rank zero) every epoch.
+        compare_streams: Compare the streams with each other: the ``dominant``, ``slow`` and
+            ``weight_growth`` rules. ``None`` reads the module's ``parts_are_peers`` attribute
+            (True when it has none). Peers are parallel streams that should learn at comparable
+            speeds (RGB and depth encoders); parts in series are not (a pretrained backbone and a
+            fresh head: a 10x lower backbone lr is a design choice, not a slow stream), and for
+            them only the per-part rules apply.
 
     Raises:
         ValueError: For an empty or malformed ``streams`` mapping, a bad stream name, a bad
@@ -260,6 +266,7 @@ class StreamMonitor(EpochEndCallback):
         track_updates: bool = True,
         histogram_every_n_epochs: int | None = None,
         verbose: bool = True,
+        compare_streams: bool | None = None,
     ) -> None:
         super().__init__()
         self.streams: dict[str, list[str]] | None = (
@@ -283,6 +290,8 @@ class StreamMonitor(EpochEndCallback):
         self.thresholds = thresholds or StreamThresholds()
         self.prefix = prefix
         self.track_updates = track_updates
+        self.compare_streams = compare_streams
+        self._compare = True if compare_streams is None else compare_streams
         self.histogram_every_n_epochs = histogram_every_n_epochs
         self.verbose = verbose
 
@@ -390,6 +399,8 @@ class StreamMonitor(EpochEndCallback):
 
     def _bind(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._names = self._match(pl_module)
+        if self.compare_streams is None:
+            self._compare = bool(getattr(pl_module, "parts_are_peers", True))
         params = dict(pl_module.named_parameters())
         location: dict[int, tuple[int, int]] = {}
         group_names: dict[tuple[int, int], str] = {}
@@ -975,6 +986,7 @@ class StreamMonitor(EpochEndCallback):
             weight_decay=wd,
             group={s: b.group_name for s, b in self._bindings.items() if b.group_name is not None},
             shares_group_with={s: b.shares_with for s, b in self._bindings.items()},
+            compare_streams=self._compare,
         )
 
     def _record_history(self, epoch: int, epoch_metrics: dict[str, float]) -> None:

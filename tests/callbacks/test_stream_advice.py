@@ -211,3 +211,27 @@ def test_slow_stream_makes_no_stream_dominant():
     assert _kinds(recs) == {("slow", "depth")}
     recs = advisor.advise(_evidence(update_ratio={"rgb": 1e-3, "depth": 1e-5}, grad_norm={"rgb": 6.0, "depth": 1.0}))
     assert _kinds(recs) == {("slow", "depth")}
+
+
+def test_parts_in_series_are_not_compared_with_each_other():
+    """A fine-tuned backbone at 1/10 of the head's lr: no 'slow'/'dominant' between backbone and head."""
+    parts = ["backbone", "head"]
+    evidence = {
+        "streams": parts,
+        "grad_norm": {"backbone": 40.0, "head": 1.0},
+        "update_ratio": {"backbone": 1e-5, "head": 1e-3},
+        "weight_growth": {"backbone": 1.0, "head": 3.0},
+        "lr": {"backbone": 1e-5, "head": 1e-4},
+        "group": {"backbone": "backbone", "head": "head"},
+    }
+    peers = Advisor(StreamThresholds(patience=1))
+    compared = _kinds(peers.advise(EpochEvidence(epoch=0, **evidence)))
+    assert ("slow", "backbone") in compared  # as peers, the 100x smaller update ratio would be "slow"
+    in_series = Advisor(StreamThresholds(patience=1))
+    recs = in_series.advise(EpochEvidence(epoch=0, compare_streams=False, **evidence))
+    assert [r.kind for r in recs] == ["healthy"]
+    assert "not compared with each other" in recs[0].message
+    # the per-part rules still apply
+    stalled = dict(evidence, update_ratio={"backbone": 1e-9, "head": 1e-3})
+    recs = Advisor(StreamThresholds(patience=1)).advise(EpochEvidence(epoch=0, compare_streams=False, **stalled))
+    assert _kinds(recs) == {("stalled", "backbone")}
