@@ -3,8 +3,25 @@
 Every datamodule here yields batches ``(inputs, target)``: ``inputs`` maps each stream name to a
 float32 tensor ``(B, C, H, W)``, ``target`` is an int64 tensor ``(B,)``
 (see :data:`~mslightning.data.synthetic.StreamBatch`).
+The Photo Triage datamodules are the exception: they yield pair dicts
+(:data:`~mslightning.data.photo_triage.PairBatch`) and whole series for prediction
+(:data:`~mslightning.data.photo_triage.SeriesBatch`).
 """
 
+from mslightning.data.photo_triage import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PAD_COLOUR,
+    PairBatch,
+    PairRecord,
+    PhotoPairDataset,
+    PhotoSeriesDataset,
+    PhotoTriageDataModule,
+    SeriesBatch,
+    collate_series,
+    letterbox,
+    read_pair_list,
+)
 from mslightning.data.synthetic import (
     DEFAULT_SIGNAL,
     PROTOTYPE_NORM,
@@ -13,12 +30,32 @@ from mslightning.data.synthetic import (
     SyntheticStreamsDataModule,
     collate_streams,
 )
+from mslightning.data.synthetic_triage import (
+    SyntheticPhotoTriageDataModule,
+    default_synthetic_triage_root,
+    make_synthetic_photo_triage,
+)
 
 __all__ = [
     "DEFAULT_SIGNAL",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "PAD_COLOUR",
     "PROTOTYPE_NORM",
+    "PairBatch",
+    "PairRecord",
+    "PhotoPairDataset",
+    "PhotoSeriesDataset",
+    "PhotoTriageDataModule",
+    "SeriesBatch",
     "StreamBatch",
     "StreamsTensorDataset",
+    "SyntheticPhotoTriageDataModule",
     "SyntheticStreamsDataModule",
+    "collate_series",
     "collate_streams",
+    "default_synthetic_triage_root",
+    "letterbox",
+    "make_synthetic_photo_triage",
+    "read_pair_list",
 ]

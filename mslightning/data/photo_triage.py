@@ -635,7 +635,7 @@ class PhotoTriageDataModule(LightningDataModule):
             pairs, ties, disagreement = self._filter(records)
         photos = {(record.series, photo) for record in records for photo in (record.photo_a, record.photo_b)}
         series = {record.series for record in records}
-        filters = f"{ties} ties dropped, {disagreement} below min_agreement={self.min_agreement:g} dropped"
+        filters = f"ties dropped: {ties}, below min_agreement={self.min_agreement:g}: {disagreement}"
         labels = f"{len(pairs)} pairs ({filters})" if records[0].labelled else f"{len(pairs)} pairs without ratios"
         rank_zero_info(f"Photo Triage {name}: {len(series)} series, {len(photos)} photos, {labels} from '{list_path}'.")
         return _Split(name, list_path, image_dir, records, pairs, paths, ties, disagreement)
@@ -674,10 +674,12 @@ class PhotoTriageDataModule(LightningDataModule):
         paths: dict[tuple[int, int], str] = {}
         outside: list[tuple[PairRecord, int]] = []
         missing: list[tuple[PairRecord, int]] = []
+        seen: set[tuple[int, int]] = set()
         for record in records:
             for photo in (record.photo_a, record.photo_b):
-                if (record.series, photo) in paths:
+                if (record.series, photo) in seen:
                     continue
+                seen.add((record.series, photo))
                 files = catalogue.get(record.series, {})
                 number = photo - self.photo_index_base + 1
                 if number in files:
@@ -702,7 +704,7 @@ class PhotoTriageDataModule(LightningDataModule):
             hint = self._base_hint(outside, catalogue)
             raise ValueError(
                 f"{list_path}:{record.line}: photo {photo} of series {record.series} is outside the series in "
-                f"{option_dir} '{image_dir}': {has}.{_more(outside, 'photos outside their series')}{hint}"
+                f"{option_dir} '{image_dir}': {has}.{_more(outside, 'Photos outside their series:')}{hint}"
             )
         if missing:
             record, photo = missing[0]
@@ -710,7 +712,7 @@ class PhotoTriageDataModule(LightningDataModule):
             raise FileNotFoundError(
                 f"{list_path}:{record.line}: photo {photo} of series {record.series} ({name}) is missing from "
                 f"{option_dir} '{image_dir}', though the series' other photos are there."
-                f"{_more(missing, 'missing photos')} Copy the photos again."
+                f"{_more(missing, 'Missing photos:')} Copy the photos again."
             )
         return paths
 
@@ -751,8 +753,8 @@ class PhotoTriageDataModule(LightningDataModule):
         if not split.pairs:
             raise ValueError(
                 f"{option} '{split.list_path}' has no pairs left after the filters: of its {len(split.records)} "
-                f"lines, {split.ties} were ties (ratio 0.5, dropped by ties='drop') and {split.disagreement} were "
-                f"below min_agreement={self.min_agreement:g}. Use ties='soft' or a lower min_agreement."
+                f"lines, ties='{self.ties}' dropped {split.ties} (ratio 0.5) and min_agreement={self.min_agreement:g} "
+                f"dropped {split.disagreement}. Use ties='soft' or a lower min_agreement."
             )
         if split.name == "train" and self.drop_last and len(split.pairs) < self.batch_size:
             raise ValueError(
@@ -839,10 +841,11 @@ def _check_ranks(records: Iterable[PairRecord], list_path: Path) -> None:
 
 
 def _more(items: list[tuple[PairRecord, int]], what: str) -> str:
+    """`` (<what> N more, on lines ...)`` for the problems after the first, or nothing."""
     if len(items) <= 1:
         return ""
-    lines = _short(sorted({record.line for record, _ in items[1:]}))
-    return f" ({len(items) - 1} more {what}, on lines {lines}.)"
+    lines = sorted({record.line for record, _ in items[1:]})
+    return f" ({what} {len(items) - 1} more, on line{'s' if len(lines) > 1 else ''} {_short(lines)}.)"
 
 
 def _short(items: Sequence[object], limit: int = 5) -> str:
