@@ -18,17 +18,21 @@ from mslightning.nn.fusion import (
     check_stream_features,
 )
 from mslightning.nn.heads import StreamHeads
+from mslightning.nn.trunks import ImageTrunk, ResNetTrunk, VGGTrunk
 
 __all__ = [
     "AttentionFusion",
     "ConcatFusion",
     "Fusion",
     "GatedFusion",
+    "ImageTrunk",
     "MultiplicativeAdditionFusion",
     "MultiplicativeFusion",
     "ResNetStreamEncoder",
+    "ResNetTrunk",
     "StreamHeads",
     "SumFusion",
+    "VGGTrunk",
     "WeightedFusion",
     "adapt_conv1_weight",
     "check_in_features",
