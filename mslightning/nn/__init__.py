@@ -1,7 +1,9 @@
 """Pure-torch building blocks for multi-stream networks (no Lightning).
 
-Encoders map one stream's input to pooled features; fusions combine a mapping
-stream name -> features into one vector; :class:`StreamHeads` classifies each stream alone.
+Image trunks map one stream's images to pooled features (one mechanism for every family);
+fusions combine a mapping stream name -> features into one vector; :class:`StreamHeads`
+classifies each stream alone; pair heads and losses (:mod:`mslightning.nn.ranking`) learn a
+preference between two inputs.
 """
 
 from mslightning.nn.encoders import ResNetStreamEncoder, adapt_conv1_weight
@@ -18,18 +20,34 @@ from mslightning.nn.fusion import (
     check_stream_features,
 )
 from mslightning.nn.heads import StreamHeads
+from mslightning.nn.ranking import (
+    DifferenceHead,
+    PairCrossEntropyLoss,
+    PairHead,
+    PairLoss,
+    PairMarginLoss,
+    RankNetLoss,
+    ScoreHead,
+)
 from mslightning.nn.trunks import ImageTrunk, ResNetTrunk, VGGTrunk
 
 __all__ = [
     "AttentionFusion",
     "ConcatFusion",
+    "DifferenceHead",
     "Fusion",
     "GatedFusion",
     "ImageTrunk",
     "MultiplicativeAdditionFusion",
     "MultiplicativeFusion",
+    "PairCrossEntropyLoss",
+    "PairHead",
+    "PairLoss",
+    "PairMarginLoss",
+    "RankNetLoss",
     "ResNetStreamEncoder",
     "ResNetTrunk",
+    "ScoreHead",
     "StreamHeads",
     "SumFusion",
     "VGGTrunk",
