@@ -658,7 +658,7 @@ class PhotoTriageDataModule(LightningDataModule):
                             f"'{image_dir}' holds two files for photo {number} of series {series}: {first} and "
                             f"{second}. Keep one."
                         )
-                    catalogue[series][number] = entry.path
+                    catalogue[series][number] = os.path.join(key, entry.name)  # absolute: cwd may change
             self._catalogues[key] = dict(catalogue)
         return self._catalogues[key]
 

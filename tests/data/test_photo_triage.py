@@ -430,3 +430,12 @@ def test_worker_processes_load_the_photos(tmp_path):
 def test_arguments_are_plain_types_for_the_cli():
     signature = inspect.signature(PhotoTriageDataModule)
     assert all(p.default is not inspect.Parameter.empty for name, p in signature.parameters.items() if name != "root")
+
+
+def test_an_unreadable_photo_is_named_when_loaded(tmp_path):
+    root = make_root(tmp_path)
+    (root / IMAGES / "000003-01.JPG").write_bytes(b"not a jpeg")
+    dm = datamodule(root)
+    dm.setup("fit")  # setup checks that the files exist; decoding them all would take minutes on the real data
+    with pytest.raises(ValueError, match=r"Photo '.*000003-01.JPG' cannot be read as an image"):
+        dm.val_dataset[0]
