@@ -31,9 +31,12 @@ from mslightning.data.synthetic import (
     collate_streams,
 )
 from mslightning.data.synthetic_triage import (
+    LevelGapAccuracy,
     SyntheticPhotoTriageDataModule,
+    accuracy_by_level_gap,
     default_synthetic_triage_root,
     make_synthetic_photo_triage,
+    photo_levels,
 )
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "IMAGENET_STD",
     "PAD_COLOUR",
     "PROTOTYPE_NORM",
+    "LevelGapAccuracy",
     "PairBatch",
     "PairRecord",
     "PhotoPairDataset",
@@ -52,10 +56,12 @@ __all__ = [
     "StreamsTensorDataset",
     "SyntheticPhotoTriageDataModule",
     "SyntheticStreamsDataModule",
+    "accuracy_by_level_gap",
     "collate_series",
     "collate_streams",
     "default_synthetic_triage_root",
     "letterbox",
     "make_synthetic_photo_triage",
+    "photo_levels",
     "read_pair_list",
 ]

@@ -50,15 +50,18 @@ import shutil
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image, ImageFilter
+from torch import Tensor
 
-from mslightning.data.photo_triage import PhotoTriageDataModule
+from mslightning.data.photo_triage import _TIE_TOLERANCE, PhotoTriageDataModule
 from mslightning.data.synthetic import _derived_seed
 
 __all__ = [
@@ -66,9 +69,12 @@ __all__ = [
     "SEVERITY",
     "SOURCES",
     "VERSION",
+    "LevelGapAccuracy",
     "SyntheticPhotoTriageDataModule",
+    "accuracy_by_level_gap",
     "default_synthetic_triage_root",
     "make_synthetic_photo_triage",
+    "photo_levels",
 ]
 
 VERSION = 1
@@ -506,3 +512,180 @@ class SyntheticPhotoTriageDataModule(PhotoTriageDataModule):
         """Write the data if still missing, then read and check them as :class:`PhotoTriageDataModule` does."""
         make_synthetic_photo_triage(self.root, **self.generation)
         super().setup(stage)
+
+
+# ---------------------------------------------------------------------------- evaluation by level
+
+
+@dataclass(frozen=True)
+class LevelGapAccuracy:
+    """One row of :func:`accuracy_by_level_gap`: the pairs whose two photos are ``gap`` levels apart.
+
+    Attributes:
+        gap: ``|level_a - level_b|``, ``0..`` the highest level in ``photos.csv``.
+        pairs: How many pairs have this gap.
+        scored: How many of them have a reference to be right or wrong against: all ``pairs`` when
+            ``gap >= 1`` (the less distorted photo); when ``gap == 0``, the pairs whose annotators
+            did not tie (``ratio != 0.5``), or 0 when no ratios were given.
+        correct: How many of the ``scored`` pairs the model got right.
+        accuracy: ``correct / scored``, or None when ``scored == 0``.
+        reference: What "right" means in this row: ``"level"`` (``gap >= 1``: the less distorted
+            photo is better), ``"majority"`` (``gap == 0``: the annotators' majority), or None
+            (``gap == 0`` without ratios: not scored).
+
+    """
+
+    gap: int
+    pairs: int
+    scored: int
+    correct: int
+    accuracy: float | None
+    reference: Literal["level", "majority"] | None
+
+
+def photo_levels(root: str | Path) -> dict[tuple[int, int], tuple[str, int]]:
+    """Read the distortion of every photo of a synthetic Photo Triage from its ``photos.csv``.
+
+    Args:
+        root: A directory written by :func:`make_synthetic_photo_triage` (e.g. the ``root`` of a
+            :class:`SyntheticPhotoTriageDataModule`).
+
+    Returns:
+        ``(series, index) -> (kind, level)`` for every photo of every split: ``index`` as the pair
+        lists (and :data:`~mslightning.data.PairBatch`'s ``index_a``/``index_b``) write it, 1 = the
+        series' first photo; ``kind`` is one of :data:`KINDS`, or ``"none"`` at level 0.
+
+    Raises:
+        FileNotFoundError: If ``root`` has no ``photos.csv``: it is not a synthetic Photo Triage
+            directory (the official Photo Triage has no distortion levels).
+        ValueError: If ``photos.csv`` lacks a column or has a malformed value (file and line named).
+
+    """
+    path = Path(root) / "photos.csv"
+    if not path.is_file():
+        state = "does not exist" if not Path(root).exists() else f"has no {path.name}"
+        raise FileNotFoundError(
+            f"'{root}' {state}: it is not a synthetic Photo Triage directory (one written by "
+            f"make_synthetic_photo_triage, e.g. SyntheticPhotoTriageDataModule(...).root, which lists every photo's "
+            f"distortion kind and level in {path.name}). Distortion levels exist only for the synthetic data."
+        )
+    needed = ("series", "index", "kind", "level")
+    levels: dict[tuple[int, int], tuple[str, int]] = {}
+    with path.open(newline="") as file:
+        reader = csv.DictReader(file)
+        missing = [column for column in needed if column not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(
+                f"'{path}' lacks the column(s) {missing} (its header is {reader.fieldnames}); it was not written by "
+                "make_synthetic_photo_triage. Regenerate the data."
+            )
+        for row in reader:
+            try:
+                key = (int(row["series"]), int(row["index"]))
+                level = int(row["level"])
+            except (TypeError, ValueError):
+                values = {column: row.get(column) for column in ("series", "index", "level")}
+                raise ValueError(
+                    f"{path}:{reader.line_num}: series, index and level must be integers, got {values}."
+                ) from None
+            if key in levels:
+                raise ValueError(f"{path}:{reader.line_num}: photo {key[1]} of series {key[0]} is listed twice.")
+            levels[key] = (row["kind"], level)
+    return levels
+
+
+def accuracy_by_level_gap(
+    root: str | Path,
+    series: Tensor,
+    index_a: Tensor,
+    index_b: Tensor,
+    probability: Tensor,
+    ratio: Tensor | None = None,
+) -> list[LevelGapAccuracy]:
+    """How often a ranking model picks the less distorted photo, per distortion-level gap of the pair.
+
+    The distortion levels of the synthetic data are a ground truth the annotators' votes only
+    approximate (they are simulated from the levels): this splits the pair accuracy into close
+    calls (1 level apart) and clear ones (2 to 4 apart). Each pair's levels are looked up in
+    ``photos.csv`` (:func:`photo_levels`). A pair counts as **correct** when the model's choice,
+    ``probability > 0.5`` meaning "``a`` is better" (so 0.5 exactly means ``b``, as the logged
+    ``pair_acc`` thresholds it), agrees with:
+
+    * ``gap >= 1``: ``level_a < level_b`` ("``a`` is less distorted"), whatever the annotators voted;
+    * ``gap == 0``: no photo is better by level, so the reference is the annotators' majority,
+      ``ratio > 0.5``; pairs with ``ratio == 0.5`` (a tie, no majority) are counted in ``pairs``
+      but not scored. Without ``ratio`` the gap-0 row is not scored (``accuracy`` None).
+
+    Feed it :meth:`mslightning.modules.SiameseRanker.pair_predictions` of a loader over ``root``'s
+    data: ``accuracy_by_level_gap(dm.root, **model.pair_predictions(dm.val_dataloader()))``.
+
+    Args:
+        root: The synthetic Photo Triage directory the pairs come from (``photos.csv`` in it).
+        series: Each pair's series id, integer ``(P,)``.
+        index_a: Photo ``a``'s index within its series (as the pair list writes it), integer ``(P,)``.
+        index_b: Photo ``b``'s index, integer ``(P,)``.
+        probability: The model's ``p(a > b)``, float ``(P,)``.
+        ratio: The fraction of annotators preferring ``a``, float ``(P,)`` in ``[0, 1]``, or None.
+
+    Returns:
+        One :class:`LevelGapAccuracy` per gap ``0, 1, ...,`` the highest level in ``photos.csv``
+        (4 with the default ``levels``), in gap order, also for gaps no pair has (``pairs`` 0).
+
+    Raises:
+        FileNotFoundError: If ``root`` is not a synthetic Photo Triage directory (no ``photos.csv``).
+        ValueError: If the inputs are not 1-D of one length ``P``, or a pair names a photo
+            ``photos.csv`` does not list (the series and index named: pairs from other data?).
+
+    """
+    levels = photo_levels(root)
+    columns = {"series": series, "index_a": index_a, "index_b": index_b, "probability": probability}
+    if ratio is not None:
+        columns["ratio"] = ratio
+    columns = {name: torch.as_tensor(value).detach().cpu() for name, value in columns.items()}
+    shapes = {name: tuple(value.shape) for name, value in columns.items()}
+    if any(len(shape) != 1 for shape in shapes.values()) or len(set(shapes.values())) != 1:
+        raise ValueError(f"accuracy_by_level_gap needs 1-D inputs of one length (P,) each, got shapes {shapes}.")
+    for name in ("series", "index_a", "index_b"):
+        if columns[name].is_floating_point():
+            raise ValueError(f"accuracy_by_level_gap: {name} must be integer (ids), got {columns[name].dtype}.")
+    highest = max((level for _, level in levels.values()), default=0)
+    pairs = [0] * (highest + 1)
+    scored = [0] * (highest + 1)
+    correct = [0] * (highest + 1)
+    chose_a = (columns["probability"] > 0.5).tolist()
+    majority_a = None if ratio is None else (columns["ratio"] > 0.5).tolist()
+    tie = None if ratio is None else ((columns["ratio"] - 0.5).abs() <= _TIE_TOLERANCE).tolist()
+    rows = zip(columns["series"].tolist(), columns["index_a"].tolist(), columns["index_b"].tolist(), strict=True)
+    for pair, (series_id, first, second) in enumerate(rows):
+        looked_up = []
+        for index in (first, second):
+            found = levels.get((series_id, index))
+            if found is None:
+                raise ValueError(
+                    f"accuracy_by_level_gap: pair {pair} names photo {index} of series {series_id}, which "
+                    f"'{Path(root) / 'photos.csv'}' does not list; are the pairs from another dataset than root "
+                    f"'{root}'?"
+                )
+            looked_up.append(found[1])
+        level_a, level_b = looked_up
+        gap = abs(level_a - level_b)
+        pairs[gap] += 1
+        if gap > 0:
+            reference = level_a < level_b
+        elif majority_a is not None and tie is not None and not tie[pair]:
+            reference = majority_a[pair]
+        else:
+            continue
+        scored[gap] += 1
+        correct[gap] += int(chose_a[pair] == reference)
+    return [
+        LevelGapAccuracy(
+            gap=gap,
+            pairs=pairs[gap],
+            scored=scored[gap],
+            correct=correct[gap],
+            accuracy=correct[gap] / scored[gap] if scored[gap] else None,
+            reference="level" if gap else ("majority" if ratio is not None else None),
+        )
+        for gap in range(highest + 1)
+    ]

@@ -10,10 +10,13 @@ import pytest
 import torch
 
 from mslightning.data import (
+    LevelGapAccuracy,
     PhotoTriageDataModule,
     SyntheticPhotoTriageDataModule,
+    accuracy_by_level_gap,
     default_synthetic_triage_root,
     make_synthetic_photo_triage,
+    photo_levels,
     read_pair_list,
 )
 from mslightning.data.synthetic_triage import SOURCES
@@ -201,3 +204,124 @@ def test_fewer_pairs_and_kinds(tmp_path):
     assert len(read_pair_list(root / LISTS["val"])) == 2 * 2 * len(SOURCES["val"])
     rows = photos(root)
     assert {row["kind"] for row in rows} <= {"none", "blur"} and max(int(row["level"]) for row in rows) <= 2
+
+
+# ---------------------------------------------------------------------------- accuracy by level gap
+
+HAND_PHOTOS = """split,series,index,source,kind,level,strength,rank
+val,1,1,coffee,none,0,0,1
+val,1,2,coffee,blur,1,0.7,2
+val,1,3,coffee,jpeg,3,12,3
+val,1,4,coffee,noise,4,0.11,4
+val,2,1,chelsea,exposure,2,1.0,1
+val,2,2,chelsea,blur,2,1.4,1
+"""
+# series, index_a, index_b, p(a > b), ratio; the comment says why the pair is right or wrong
+HAND_PAIRS = [
+    (1, 1, 2, 0.9, 0.7),  # gap 1, a less distorted, chose a: right
+    (1, 2, 1, 0.7, 0.2),  # gap 1, a more distorted, chose a: wrong
+    (1, 2, 3, 0.5, 0.9),  # gap 2, a less distorted, 0.5 chooses b: wrong
+    (1, 1, 3, 0.2, 1.0),  # gap 3, a less distorted, chose b: wrong
+    (1, 4, 1, 0.1, 0.0),  # gap 4, a more distorted, chose b: right
+    (2, 1, 2, 0.6, 0.8),  # gap 0, majority a, chose a: right
+    (2, 2, 1, 0.6, 0.5),  # gap 0, a tie: no majority, not scored
+    (2, 1, 2, 0.6, 0.3),  # gap 0, majority b, chose a: wrong
+]
+
+
+def hand_root(tmp_path: Path) -> Path:
+    (tmp_path / "photos.csv").write_text(HAND_PHOTOS)
+    return tmp_path
+
+
+def hand_columns(**changes) -> dict[str, torch.Tensor]:
+    series, index_a, index_b, probability, ratio = zip(*HAND_PAIRS, strict=True)
+    columns = {
+        "series": torch.tensor(series),
+        "index_a": torch.tensor(index_a),
+        "index_b": torch.tensor(index_b),
+        "probability": torch.tensor(probability),
+        "ratio": torch.tensor(ratio),
+    }
+    return {**columns, **changes}
+
+
+def test_photo_levels_reads_kind_and_level(tmp_path):
+    levels = photo_levels(hand_root(tmp_path))
+    assert levels == {
+        (1, 1): ("none", 0),
+        (1, 2): ("blur", 1),
+        (1, 3): ("jpeg", 3),
+        (1, 4): ("noise", 4),
+        (2, 1): ("exposure", 2),
+        (2, 2): ("blur", 2),
+    }
+
+
+def test_accuracy_by_level_gap_counts_by_hand(tmp_path):
+    rows = accuracy_by_level_gap(hand_root(tmp_path), **hand_columns())
+    assert rows == [
+        LevelGapAccuracy(gap=0, pairs=3, scored=2, correct=1, accuracy=0.5, reference="majority"),
+        LevelGapAccuracy(gap=1, pairs=2, scored=2, correct=1, accuracy=0.5, reference="level"),
+        LevelGapAccuracy(gap=2, pairs=1, scored=1, correct=0, accuracy=0.0, reference="level"),
+        LevelGapAccuracy(gap=3, pairs=1, scored=1, correct=0, accuracy=0.0, reference="level"),
+        LevelGapAccuracy(gap=4, pairs=1, scored=1, correct=1, accuracy=1.0, reference="level"),
+    ]
+    # without ratios the gap-0 row is counted but not scored; the others do not use the ratios
+    without = accuracy_by_level_gap(hand_root(tmp_path), **hand_columns(ratio=None))
+    assert without[0] == LevelGapAccuracy(gap=0, pairs=3, scored=0, correct=0, accuracy=None, reference=None)
+    assert without[1:] == rows[1:]
+
+
+def test_accuracy_by_level_gap_lists_every_gap_even_empty(tmp_path):
+    columns = {key: value[:1] for key, value in hand_columns().items()}  # one pair, gap 1
+    rows = accuracy_by_level_gap(hand_root(tmp_path), **columns)
+    assert [row.gap for row in rows] == [0, 1, 2, 3, 4]
+    assert [row.pairs for row in rows] == [0, 1, 0, 0, 0]
+    assert rows[0].accuracy is None and rows[2].accuracy is None and rows[1].accuracy == 1.0
+
+
+def test_accuracy_by_level_gap_names_an_unknown_photo(tmp_path):
+    columns = hand_columns(index_b=torch.tensor([2, 1, 3, 3, 1, 2, 1, 9]))
+    with pytest.raises(ValueError, match=r"pair 7 names photo 9 of series 2, which '.*photos.csv' does not list"):
+        accuracy_by_level_gap(hand_root(tmp_path), **columns)
+    with pytest.raises(ValueError, match=r"photo 1 of series 5"):
+        accuracy_by_level_gap(hand_root(tmp_path), **hand_columns(series=torch.tensor([5] * 8)))
+
+
+def test_accuracy_by_level_gap_checks_the_shapes(tmp_path):
+    with pytest.raises(ValueError, match=r"1-D inputs of one length .*'probability': \(3,\)"):
+        accuracy_by_level_gap(hand_root(tmp_path), **hand_columns(probability=torch.rand(3)))
+    with pytest.raises(ValueError, match="series must be integer"):
+        accuracy_by_level_gap(hand_root(tmp_path), **hand_columns(series=torch.ones(8)))
+
+
+def test_a_root_without_photos_csv_is_not_synthetic(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"has no photos.csv: it is not a synthetic Photo Triage directory"):
+        photo_levels(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"'.*nowhere' does not exist: it is not a synthetic Photo Triage"):
+        accuracy_by_level_gap(tmp_path / "nowhere", **hand_columns())
+    (tmp_path / "photos.csv").write_text("split,series,index\nval,1,1\n")
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['kind', 'level'\]"):
+        photo_levels(tmp_path)
+
+
+def test_an_oracle_of_the_levels_is_right_on_every_gap(tmp_path):
+    dm = SyntheticPhotoTriageDataModule(root=tmp_path / "data", image_size=16, num_workers=0, **TINY)
+    assert dm.root == tmp_path / "data"
+    dm.setup("validate")
+    records = dm.val_dataset.records
+    levels = photo_levels(dm.root)
+    assert {(r.series, photo) for r in records for photo in (r.photo_a, r.photo_b)} <= set(levels)
+    level_a = torch.tensor([levels[r.series, r.photo_a][1] for r in records])
+    level_b = torch.tensor([levels[r.series, r.photo_b][1] for r in records])
+    rows = accuracy_by_level_gap(
+        dm.root,
+        series=torch.tensor([r.series for r in records]),
+        index_a=torch.tensor([r.photo_a for r in records]),
+        index_b=torch.tensor([r.photo_b for r in records]),
+        probability=(level_a < level_b).float(),
+        ratio=torch.tensor([r.ratio for r in records]),
+    )
+    assert sum(row.pairs for row in rows) == len(records)
+    assert all(row.accuracy == 1.0 for row in rows[1:] if row.pairs)
