@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -273,6 +273,36 @@ class SiameseRanker(GroupedOptimizationModule):
             Scores ``(N,)``; ``scores.argsort(descending=True)`` is the predicted order.
         """
         return self.head.series_scores(self.backbone(images))
+
+    @torch.no_grad()
+    def pair_predictions(self, dataloader: Iterable[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+        """``p(a > b)`` of every pair of a dataloader, in eval mode, beside the pair's identifiers.
+
+        For evaluations the logged metrics do not cover, e.g. accuracy by distortion-level gap on
+        the synthetic data (:func:`mslightning.data.accuracy_by_level_gap`). Restores the
+        previous train/eval mode.
+
+        Args:
+            dataloader: Pair batches (:data:`mslightning.data.PairBatch`), on any device.
+
+        Returns:
+            ``series``, ``index_a``, ``index_b``, ``ratio`` and ``probability`` (symmetrised
+            ``p(a > b)``), each ``(P,)`` on the CPU, over all ``P`` pairs in loader order.
+        """
+        was_training = self.training
+        self.eval()
+        keys = ("series", "index_a", "index_b", "ratio")
+        parts: dict[str, list[Tensor]] = {key: [] for key in (*keys, "probability")}
+        try:
+            for batch in dataloader:
+                check_pair_batch(batch, type(self).__name__)
+                a, b = (batch[name].to(self.device, self.dtype) for name in ("a", "b"))
+                parts["probability"].append(self.preference(a, b).float().cpu())
+                for key in keys:
+                    parts[key].append(batch[key].cpu())
+        finally:
+            self.train(was_training)
+        return {key: torch.cat(values) for key, values in parts.items()}
 
     def _swapped(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         swap = torch.rand(batch["ratio"].shape[0], device=batch["ratio"].device) < 0.5

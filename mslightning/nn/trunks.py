@@ -789,10 +789,18 @@ class VGGTrunk(ImageTrunk):
         return stages
 
     def _forward(self, x: Tensor) -> Tensor:
+        if min(x.shape[-2:]) < _VGG_MIN_SIZE:
+            raise ValueError(
+                f"{self.arch} halves its input five times and needs images of at least {_VGG_MIN_SIZE} x "
+                f"{_VGG_MIN_SIZE} pixels, got {tuple(x.shape[-2:])}. Use larger images (e.g. the data's image_size)."
+            )
         x = self.features(x)
         if self.pool == "avg":
             return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         return self.classifier(torch.flatten(self.avgpool(x), 1))
+
+
+_VGG_MIN_SIZE = 32
 
 
 def _init_like_vgg(features: nn.Module) -> None:

@@ -1,11 +1,15 @@
 """Every YAML in configs/ runs through the real `mslightning` CLI and round-trips --print_config."""
 
+import csv
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from lightning.pytorch.callbacks import BasePredictionWriter
 
 from mslightning.cli import MSLightningCLI, checkpoint_agreement, main
+from mslightning.data import make_synthetic_photo_triage
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").rglob("*.yaml"))
 # Keep every config's model and trainer; shrink only the data so each run takes seconds.
@@ -23,10 +27,51 @@ SMALL_DATA = [
 ]
 
 
+TINY_TRIAGE = {"series_per_source": 1, "photos_per_series": 3, "crop_size": 24}
+SMALL_TRIAGE = [
+    "--data.init_args.image_size",
+    "16",
+    "--data.init_args.batch_size",
+    "4",
+    "--data.init_args.num_workers",
+    "0",
+]
+
+
+def _small_args(config: Path, tmp_path: Path) -> list[str]:
+    """Arguments that shrink a config's data (and skip pretrained files) by its datamodule class."""
+    data = yaml.safe_load(config.read_text())["data"]["class_path"].rsplit(".", 1)[-1]
+    if data == "SyntheticStreamsDataModule":
+        return SMALL_DATA
+    if data == "SyntheticPhotoTriageDataModule":
+        tiny = [f"--data.init_args.{key}={value}" for key, value in TINY_TRIAGE.items()]
+        return [*tiny, *SMALL_TRIAGE, "--data.init_args.root", str(tmp_path / "synthetic_triage")]
+    if data == "PhotoTriageDataModule":  # a directory in the official layout
+        root = make_synthetic_photo_triage(tmp_path / "photo_triage", **TINY_TRIAGE)
+        # no pretrained file here (YAML null: jsonargparse reads a dotted `... weights_path null` as 'None')
+        no_file = [
+            "--config",
+            str(_write(tmp_path / "no_weights.yaml", "model: {init_args: {trunk: {init_args: {weights_path: null}}}}")),
+        ]
+        return ["--data.init_args.root", str(root), *SMALL_TRIAGE, "--data.init_args.image_size", "32", *no_file]
+    raise AssertionError(f"{config}: no small-data arguments for {data}")
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+FAMILY_GROUPS = {"MultiStreamClassifier": {"rgb", "depth", "head"}, "SiameseRanker": {"backbone", "head"}}
+
+
 def test_configs_exist():
     assert {p.relative_to(CONFIGS[0].parents[1]).as_posix() for p in CONFIGS} >= {
         "dual_stream/synthetic.yaml",
         "dual_stream/nyu_recipe.yaml",
+        "siamese/synthetic.yaml",
+        "siamese/photo_triage_resnet50.yaml",
+        "siamese/photo_triage_vgg16.yaml",
     }
 
 
@@ -45,17 +90,27 @@ def test_print_config_round_trips(config, tmp_path, capsys):
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.relative_to(p.parents[1]).as_posix())
 def test_config_fits(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # configs write logs/ relative to the working directory
-    cli = MSLightningCLI(args=["fit", "--config", str(config), "--trainer.fast_dev_run", "1", *SMALL_DATA])
+    small = _small_args(config, tmp_path)
+    cli = MSLightningCLI(args=["fit", "--config", str(config), "--trainer.fast_dev_run", "1", *small])
     assert cli.trainer.state.finished
     names = [pg["name"] for pg in cli.trainer.optimizers[0].param_groups]
-    assert {"rgb", "depth", "head"} <= {n.split("/")[0] for n in names}
+    assert FAMILY_GROUPS[type(cli.model).__name__] <= {n.split("/")[0] for n in names}
 
 
-def test_main_job_validate_reproduces_checkpoint_metrics(tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize(
+    ("name", "run", "monitored"),
+    [
+        ("dual_stream/synthetic.yaml", "dual_stream_synthetic", "val/fused/acc"),
+        ("siamese/synthetic.yaml", "siamese_synthetic", "val/pair_acc"),
+    ],
+)
+def test_main_job_validate_reproduces_checkpoint_metrics_and_predict_writes(
+    name, run, monitored, tmp_path, monkeypatch, caplog
+):
     monkeypatch.chdir(tmp_path)
-    config = next(p for p in CONFIGS if p.name == "synthetic.yaml")
+    config = next(p for p in CONFIGS if p.relative_to(p.parents[1]).as_posix() == name)
     small = [
-        *SMALL_DATA,
+        *_small_args(config, tmp_path),
         "--trainer.max_epochs",
         "1",
         "--trainer.limit_train_batches",
@@ -65,13 +120,22 @@ def test_main_job_validate_reproduces_checkpoint_metrics(tmp_path, monkeypatch, 
     ]
     fit = MSLightningCLI(args=["fit", "--config", str(config), *small])
     best = Path(fit.trainer.checkpoint_callback.best_model_path).resolve()
-    assert best == tmp_path / "logs/dual_stream_synthetic/version_0/checkpoints/best.ckpt" and best.exists()
+    assert best == tmp_path / f"logs/{run}/version_0/checkpoints/best.ckpt" and best.exists()
     recorded = float(fit.trainer.checkpoint_callback.best_model_score)
     assert "tensorboard --logdir logs" in caplog.text
     # `best` in a new CLI process: the best checkpoint of the latest run, printed, then validated
     validate = MSLightningCLI(args=["validate", "--config", str(config), "--ckpt_path", "best", *small])
-    assert "--ckpt_path best: using logs/dual_stream_synthetic/version_0/checkpoints/best.ckpt" in caplog.text
-    assert float(validate.trainer.callback_metrics["val/fused/acc"]) == pytest.approx(recorded)
+    assert f"--ckpt_path best: using logs/{run}/version_0/checkpoints/best.ckpt" in caplog.text
+    assert float(validate.trainer.callback_metrics[monitored]) == pytest.approx(recorded)
     (line,) = checkpoint_agreement(best, best, validate.trainer.callback_metrics)
-    assert line.startswith("val/fused/acc: checkpoint recorded") and line in caplog.text
+    assert line.startswith(f"{monitored}: checkpoint recorded") and line in caplog.text
     assert torch.load(best, weights_only=True)["state_dict"]
+    predict = MSLightningCLI(args=["predict", "--config", str(config), "--ckpt_path", "best", *small])
+    (writer,) = [c for c in predict.trainer.callbacks if isinstance(c, BasePredictionWriter)]
+    rows = list(csv.DictReader(writer.path.open()))
+    assert rows and writer.path.resolve().parent.parent == tmp_path / "logs" / run
+    if run == "siamese_synthetic":
+        assert list(rows[0]) == ["series", "index", "score", "predicted_rank", "true_rank"]
+        for series in {row["series"] for row in rows}:
+            ranks = sorted(int(row["predicted_rank"]) for row in rows if row["series"] == series)
+            assert ranks == list(range(1, len(ranks) + 1))

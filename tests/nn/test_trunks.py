@@ -350,3 +350,10 @@ def test_trunk_injected_from_a_config_by_class_path() -> None:
     assert isinstance(trunk, VGGTrunk) and (trunk.arch, trunk.frozen, trunk.in_channels) == ("vgg11_bn", "block1", 1)
     resnet50 = functools.partial(ResNetTrunk, arch="resnet50")
     assert resnet50().out_features == 2048
+
+
+def test_vgg_names_the_smallest_input_it_can_take() -> None:
+    with torch.device("meta"):
+        trunk = VGGTrunk("vgg11")
+    with pytest.raises(ValueError, match=r"vgg11 halves its input five times and needs images of at least 32 x 32"):
+        trunk(torch.zeros(1, 3, 16, 40, device="meta"))
