@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo demo-groups test lint bench install clean
+.PHONY: demo demo-siamese demo-groups test lint bench install clean
 
 # Re-install whenever pyproject.toml changes (the stamp is older than it).
 $(INSTALLED): pyproject.toml
@@ -23,6 +23,12 @@ demo: $(INSTALLED)
 	$(VENV)/bin/mslightning fit --config $(DEMO_CONFIG)
 	$(VENV)/bin/mslightning validate --config $(DEMO_CONFIG) --ckpt_path best
 	$(VENV)/bin/mslightning predict --config $(DEMO_CONFIG) --ckpt_path best
+
+SIAMESE_CONFIG := configs/siamese/synthetic.yaml
+demo-siamese: $(INSTALLED)
+	$(VENV)/bin/mslightning fit --config $(SIAMESE_CONFIG)
+	$(VENV)/bin/mslightning validate --config $(SIAMESE_CONFIG) --ckpt_path best
+	$(VENV)/bin/mslightning predict --config $(SIAMESE_CONFIG) --ckpt_path best
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q
