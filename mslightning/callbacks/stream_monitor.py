@@ -290,6 +290,8 @@ class StreamMonitor(EpochEndCallback):
         self.thresholds = thresholds or StreamThresholds()
         self.prefix = prefix
         self.track_updates = track_updates
+        if compare_streams is not None and not isinstance(compare_streams, bool):
+            raise ValueError(f"compare_streams must be None, True or False, got {compare_streams!r}.")
         self.compare_streams = compare_streams
         self._compare = True if compare_streams is None else compare_streams
         self.histogram_every_n_epochs = histogram_every_n_epochs
