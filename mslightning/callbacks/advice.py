@@ -487,9 +487,11 @@ def _healthy_message(ev: EpochEvidence) -> str:
         details.append("grad norm " + ", ".join(f"{m} {_fmt(v)}" for m, v in ev.grad_norm.items()))
     if ev.overfit_score:
         details.append("overfitting score " + ", ".join(f"{m} {_fmt(v)}" for m, v in ev.overfit_score.items()))
-    else:
-        details.append("overfitting not measured (no per-stream predictions)")
-    if not ev.compare_streams:
-        details.append(f"the parts {list(ev.streams)} are not compared with each other")
-        return "healthy: no part is stalled, memorising or diverging (" + "; ".join(details) + ")."
-    return "healthy: no stream is starving, dominating, memorising or diverging (" + "; ".join(details) + ")."
+    if ev.compare_streams:
+        if not ev.overfit_score:
+            details.append("overfitting not measured (no per-stream predictions)")
+        return "healthy: no stream is starving, dominating, memorising or diverging (" + "; ".join(details) + ")."
+    # parts in series (backbone, head) have no predictions of their own and are not compared
+    details.append(f"the parts {list(ev.streams)} are in series and not compared with each other")
+    checked = "stalled, memorising or diverging" if ev.overfit_score else "stalled or diverging"
+    return f"healthy: no part is {checked} (" + "; ".join(details) + ")."

@@ -728,7 +728,15 @@ class StreamMonitor(EpochEndCallback):
 
     def _parse_protocol(self, outputs: Any) -> tuple[dict[str, Tensor], Tensor] | None:
         if not isinstance(outputs, Mapping) or "stream_logits" not in outputs or "target" not in outputs:
-            if not self._protocol_missing_reported:
+            if not self._protocol_missing_reported and not self._compare:
+                self._protocol_missing_reported = True
+                rank_zero_info(
+                    f"StreamMonitor: the parts {self.stream_names} are in series (a backbone and its head), not "
+                    "parallel streams, so per-part accuracy, loss and overfitting metrics do not apply: gradient, "
+                    "weight and update metrics are logged per part; compare the model's own train and val "
+                    "metrics for overfitting."
+                )
+            elif not self._protocol_missing_reported:
                 self._protocol_missing_reported = True
                 rank_zero_warn(
                     "StreamMonitor: training_step/validation_step do not return the per-stream prediction "

@@ -111,13 +111,19 @@ class GroupedOptimizationModule(pl.LightningModule):
 
         Returns:
             One group per entry of :attr:`stream_patterns` (named like the part) when the module
-            declares it, else a single catch-all group ``"all"``. Subclasses with shared parts
-            that are not monitored add their groups.
+            declares it, plus a catch-all group ``"other"`` when some trainable parameter belongs
+            to no declared part; else a single catch-all group ``"all"``. Subclasses with shared
+            parts add their own groups.
         """
         declared = getattr(self, "stream_patterns", None)
-        if declared:
-            return [ParamGroup(name, patterns) for name, patterns in declared.items()]
-        return [ParamGroup("all")]
+        if not declared:
+            return [ParamGroup("all")]
+        groups = [ParamGroup(name, patterns) for name, patterns in declared.items()]
+        trainable = [name for name, p in self.named_parameters() if p.requires_grad]
+        covered = {name for patterns in declared.values() for name in select_names(trainable, patterns)}
+        if any(name not in covered for name in trainable):
+            groups.append(ParamGroup("other"))  # parameters outside the declared parts keep a group
+        return groups
 
     def resolved_param_groups(self) -> list[ParamGroup]:
         """The configured groups, with default patterns filled in by name and empty parts left out.

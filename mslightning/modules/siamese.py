@@ -2,41 +2,55 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+from jsonargparse import Namespace
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import BinaryAccuracy
 from typing_extensions import override
 
 from mslightning.metrics import SeriesKendallTau
 from mslightning.modules.base import GroupedOptimizationModule, ParamGroups
-from mslightning.nn import ImageTrunk, PairCrossEntropyLoss, PairHead, PairLoss, ResNetTrunk, ScoreHead
+from mslightning.nn import (
+    ImageTrunk,
+    PairCrossEntropyLoss,
+    PairHead,
+    PairLoss,
+    PairMarginLoss,
+    ResNetTrunk,
+    ScoreHead,
+)
 
 __all__ = ["SiameseRanker", "check_pair_batch", "check_series_batch"]
 
 STAGES = ("train", "val", "test")
 PAIR_KEYS = ("a", "b", "ratio", "series", "index_a", "index_b", "rank_a", "rank_b")
 SERIES_KEYS = ("images", "series", "index")
-_IGNORE = -1  # target of the pairs a metric leaves out (ties; low-agreement pairs)
+PAIR_METRICS = ("pair_acc", "pair_acc_agreed", "swap_consistency", "log_loss")
 
 
 def _check_images(name: str, images: Any, owner: str, dtype: torch.dtype | None) -> None:
     if not isinstance(images, Tensor) or images.ndim != 4:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"{owner}: batch[{name!r}] must be images (B, C, H, W), got {shape}.")
-    if not images.is_floating_point() or (dtype is not None and images.dtype != dtype):
+    if not images.is_floating_point():
         raise ValueError(
-            f"{owner}: batch[{name!r}] is {images.dtype} but the model computes in {dtype}; convert and scale the "
-            "images first (e.g. uint8 with `x.float() / 255`, then normalise)."
+            f"{owner}: batch[{name!r}] is {images.dtype}; the model takes floating-point images: convert and "
+            "scale them first (e.g. uint8 with `x.float() / 255`, then normalise)."
+        )
+    if dtype is not None and images.dtype != dtype:
+        raise ValueError(
+            f"{owner}: batch[{name!r}] is {images.dtype} but the model computes in {dtype}; convert the images "
+            f"(e.g. `x.to({str(dtype).removeprefix('torch.')})`)."
         )
 
 
-def _missing_keys(batch: Any, keys: tuple[str, ...], owner: str, what: str) -> None:
+def _missing_keys(batch: Any, keys: tuple[str, ...], owner: str, what: str, contract: str) -> None:
     if not isinstance(batch, Mapping):
         raise ValueError(
             f"{owner} expects {what} batches as a dict with keys {list(keys)}, got {type(batch).__name__}."
@@ -45,7 +59,7 @@ def _missing_keys(batch: Any, keys: tuple[str, ...], owner: str, what: str) -> N
     if missing:
         raise ValueError(
             f"{owner} expects {what} batches with keys {list(keys)}; this batch lacks {missing} (it has "
-            f"{list(batch)}). See mslightning.data.PairBatch."
+            f"{list(batch)}). See {contract}."
         )
 
 
@@ -64,7 +78,7 @@ def check_pair_batch(batch: Any, owner: str = "SiameseRanker", dtype: torch.dtyp
     Raises:
         ValueError: Naming the missing key, the bad shape or dtype, or the ratio out of range.
     """
-    _missing_keys(batch, PAIR_KEYS, owner, "pair")
+    _missing_keys(batch, PAIR_KEYS, owner, "pair", "mslightning.data.PairBatch")
     for name in ("a", "b"):
         _check_images(name, batch[name], owner, dtype)
     if batch["a"].shape != batch["b"].shape:
@@ -101,7 +115,7 @@ def check_series_batch(batch: Any, owner: str = "SiameseRanker", dtype: torch.dt
     Raises:
         ValueError: Naming the missing key or the bad shape or dtype.
     """
-    _missing_keys(batch, SERIES_KEYS, owner, "predict (series)")
+    _missing_keys(batch, SERIES_KEYS, owner, "predict (series)", "mslightning.data.SeriesBatch and collate_series")
     _check_images("images", batch["images"], owner, dtype)
     size = batch["images"].shape[0]
     for name in (*SERIES_KEYS[1:], *(("rank",) if "rank" in batch else ())):
@@ -145,8 +159,8 @@ class SiameseRanker(GroupedOptimizationModule):
       Left out when no series has two ranked photos.
 
     ``predict_step`` takes whole series (:func:`check_series_batch`) and returns the columns
-    ``series``, ``index``, ``score``, ``predicted_rank`` (1 = best) and, when the data knows it,
-    ``true_rank``: one row per photo, written to CSV by
+    ``series``, ``index``, ``score``, ``predicted_rank`` (1 = best) and, when the data has ranks,
+    ``true_rank`` (-1: unknown): one row per photo, written to CSV by
     :class:`~mslightning.callbacks.PredictionTableWriter`.
 
     Args:
@@ -197,30 +211,39 @@ class SiameseRanker(GroupedOptimizationModule):
             }
         )
         self.backbone = _built(trunk(), ImageTrunk, "trunk")
-        if getattr(self.hparams.get("trunk"), "get", None) is not None:
-            # pretrained files only initialise the trunk: a checkpoint holds the trained weights, and
-            # reloading it must not need the file
-            init_args = self.hparams["trunk"].get("init_args")
-            if isinstance(init_args, dict) and init_args.get("weights_path") is not None:
-                init_args["weights_path"] = None
+        self._forget_weights_file()
         self.head = _built(head(self.backbone.out_features), PairHead, "head")
         self.loss = _built(loss(), PairLoss, "loss")
         self.random_swaps = random_swaps
         self.agreement_threshold = agreement_threshold
         self.stream_patterns = {"backbone": ["backbone.*"], "head": ["head.*"]}
         self._checked_stages: set[str] = set()
-        template = MetricCollection(
+        # Means of per-pair values (accuracies as means of 0/1): a metric that saw no pair in an
+        # epoch (no tie-free or high-agreement pair) is NaN and left out, never logged as 0.
+        # One collection per stage ("train" would clash with nn.Module.train).
+        self.metrics = nn.ModuleDict(
             {
-                "pair_acc": BinaryAccuracy(ignore_index=_IGNORE),
-                "pair_acc_agreed": BinaryAccuracy(ignore_index=_IGNORE),
-                "swap_consistency": MeanMetric(),
-                "log_loss": MeanMetric(),
-            },
-            compute_groups=False,
+                f"{stage}_metrics": MetricCollection(
+                    {name: MeanMetric() for name in PAIR_METRICS} | {"kendall_tau": SeriesKendallTau()},
+                    prefix=f"{stage}/",
+                    compute_groups=False,
+                )
+                for stage in STAGES
+            }
         )
-        # one metric object per stage ("train" would clash with nn.Module.train)
-        self.metrics = nn.ModuleDict({f"{stage}_metrics": template.clone(prefix=f"{stage}/") for stage in STAGES})
-        self.kendall = nn.ModuleDict({f"{stage}_kendall": SeriesKendallTau() for stage in STAGES})
+
+    def _forget_weights_file(self) -> None:
+        """Name no pretrained file in the saved hparams (a copy; the caller's config is untouched).
+
+        Pretrained files only initialise the trunk: the checkpoint holds the trained weights and
+        must reload without the file.
+        """
+        trunk = self.hparams.get("trunk")
+        init_args = trunk.get("init_args") if isinstance(trunk, Mapping | Namespace) else None
+        if isinstance(init_args, Mapping | Namespace) and init_args.get("weights_path") is not None:
+            plain = dict(vars(trunk)) if isinstance(trunk, Namespace) else dict(trunk)
+            arguments = dict(vars(init_args)) if isinstance(init_args, Namespace) else dict(init_args)
+            self.hparams["trunk"] = {**plain, "init_args": {**arguments, "weights_path": None}}
 
     @override
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
@@ -317,6 +340,13 @@ class SiameseRanker(GroupedOptimizationModule):
     def _shared_step(self, batch: Mapping[str, Tensor], stage: str) -> Tensor:
         if stage not in self._checked_stages:
             check_pair_batch(batch, type(self).__name__, self.dtype)
+            hard = isinstance(self.loss, PairCrossEntropyLoss | PairMarginLoss)
+            if stage == "train" and hard and bool((batch["ratio"] == 0.5).any()):
+                rank_zero_warn(
+                    f"{type(self).__name__}: the training data keeps tied pairs (ratio 0.5), but "
+                    f"{type(self.loss).__name__} learns from hard labels and leaves them out. To learn from "
+                    "them as soft targets use loss RankNetLoss; otherwise drop them in the data (ties: drop)."
+                )
             self._checked_stages.add(stage)
         if stage == "train" and self.random_swaps:
             batch = self._swapped(batch)
@@ -329,25 +359,28 @@ class SiameseRanker(GroupedOptimizationModule):
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=stage != "train")
 
         with torch.no_grad():
-            logit_ba = logit_ab.neg() if self.head.antisymmetric else self.head(features_b, features_a)
+            # float32: under bf16/fp16 autocast near-equal pairs would round to exactly p = 0.5
+            logit_ab = logit_ab.float()
+            logit_ba = logit_ab.neg() if self.head.antisymmetric else self.head(features_b, features_a).float()
             probability = 0.5 * (torch.sigmoid(logit_ab) + torch.sigmoid(-logit_ba))
-            winner = (ratio > 0.5).long()
-            decided = torch.where(ratio != 0.5, winner, _IGNORE)
-            agreed = torch.where(torch.maximum(ratio, 1 - ratio) >= self.agreement_threshold, decided, _IGNORE)
+            ratio = ratio.float()
+            correct = ((probability > 0.5) == (ratio > 0.5)).float()
+            decided = ratio != 0.5
+            agreed = decided & (torch.maximum(ratio, 1 - ratio) >= self.agreement_threshold)
+            # by hand: F.binary_cross_entropy refuses to run under CUDA autocast
+            clamped = probability.clamp(1e-7, 1 - 1e-7)
+            log_loss = -(ratio * clamped.log() + (1 - ratio) * (-clamped).log1p())
             metrics = self.metrics[f"{stage}_metrics"]
-            metrics["pair_acc"].update(probability, decided)
-            metrics["pair_acc_agreed"].update(probability, agreed)
+            metrics["pair_acc"].update(correct[decided])
+            metrics["pair_acc_agreed"].update(correct[agreed])
             metrics["swap_consistency"].update((torch.sign(logit_ab) == -torch.sign(logit_ba)).float())
-            metrics["log_loss"].update(
-                F.binary_cross_entropy(probability.float().clamp(1e-7, 1 - 1e-7), ratio.float(), reduction="none")
-            )
-            self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
+            metrics["log_loss"].update(log_loss)
             if self.head.antisymmetric:
-                score_a = self.head.series_scores(features_a)
-                score_b = self.head.series_scores(features_b)
+                score_a = self.head.series_scores(features_a).float()
+                score_b = self.head.series_scores(features_b).float()
             else:
                 score_a, score_b = probability, 1 - probability
-            self.kendall[f"{stage}_kendall"].update(
+            metrics["kendall_tau"].update(
                 torch.cat([batch["series"], batch["series"]]),
                 torch.cat([batch["index_a"], batch["index_b"]]),
                 torch.cat([score_a, score_b]),
@@ -355,12 +388,16 @@ class SiameseRanker(GroupedOptimizationModule):
             )
         return loss
 
-    def _log_kendall(self, stage: str) -> None:
-        metric = self.kendall[f"{stage}_kendall"]
-        value = metric.compute()
-        metric.reset()
-        if torch.isfinite(value):
-            self.log(f"{stage}/kendall_tau", value, prog_bar=stage == "val", sync_dist=False)
+    def _log_epoch_metrics(self, stage: str) -> None:
+        """Log the stage's epoch metrics that saw data (finite), then reset them."""
+        metrics = self.metrics[f"{stage}_metrics"]
+        with warnings.catch_warnings():  # an empty MeanMetric warns before returning NaN: that case is handled
+            warnings.filterwarnings("ignore", message=".*(before the ``update``|nan).*")
+            values = metrics.compute()
+        metrics.reset()
+        for key, value in values.items():
+            if torch.isfinite(value):
+                self.log(key, value, prog_bar=stage == "val" and key != f"{stage}/log_loss")
 
     @override
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
@@ -376,15 +413,15 @@ class SiameseRanker(GroupedOptimizationModule):
 
     @override
     def on_train_epoch_end(self) -> None:
-        self._log_kendall("train")
+        self._log_epoch_metrics("train")
 
     @override
     def on_validation_epoch_end(self) -> None:
-        self._log_kendall("val")
+        self._log_epoch_metrics("val")
 
     @override
     def on_test_epoch_end(self) -> None:
-        self._log_kendall("test")
+        self._log_epoch_metrics("test")
 
     @override
     def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
@@ -396,23 +433,23 @@ class SiameseRanker(GroupedOptimizationModule):
 
         Returns:
             Columns, each ``(N,)``: ``series``, ``index``, ``score``, ``predicted_rank`` (1 =
-            best within its series) and ``true_rank`` when the batch has known ranks.
+            best within its series) and, when the batch has ``rank``, ``true_rank`` (-1: unknown).
         """
         if "predict" not in self._checked_stages:
             check_series_batch(batch, type(self).__name__, self.dtype)
             self._checked_stages.add("predict")
         features = self.backbone(batch["images"])
         series = batch["series"]
-        scores = torch.empty(series.shape[0], dtype=features.dtype, device=features.device)
+        scores = torch.empty(series.shape[0], dtype=torch.float32, device=features.device)
         predicted_rank = torch.empty_like(series)
         for series_id in series.unique():
             members = (series == series_id).nonzero().squeeze(1)
-            member_scores = self.head.series_scores(features[members])
+            member_scores = self.head.series_scores(features[members]).float()
             scores[members] = member_scores
             order = member_scores.argsort(descending=True, stable=True)
             predicted_rank[members[order]] = torch.arange(1, len(members) + 1, device=series.device)
         columns = {"series": series, "index": batch["index"], "score": scores, "predicted_rank": predicted_rank}
-        if "rank" in batch and bool((batch["rank"] >= 1).any()):
+        if "rank" in batch:  # -1 where unknown; present for every batch, so every batch has the same columns
             columns["true_rank"] = batch["rank"]
         return columns
 

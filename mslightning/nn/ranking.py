@@ -220,7 +220,8 @@ class DifferenceHead(PairHead):
         count = features.shape[0]
         if count < 2:
             return features.new_full((count,), 0.5)
-        first, second = torch.meshgrid(torch.arange(count), torch.arange(count), indexing="ij")
+        index = torch.arange(count, device=features.device)
+        first, second = torch.meshgrid(index, index, indexing="ij")
         off_diagonal = first != second
         first, second = first[off_diagonal], second[off_diagonal]
         wins = self.preference(features[first], features[second])

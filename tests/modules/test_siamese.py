@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import logging
 import math
+import warnings
 from functools import partial
 
 import lightning.pytorch as pl
@@ -165,7 +167,7 @@ def test_validation_metrics_against_hand_computation(tmp_path, head) -> None:
     assert "val/kendall_tau" in logged and -1 <= logged["val/kendall_tau"] <= 1
 
 
-def test_fit_with_monitor_logs_parts_and_no_lr_advice_between_backbone_and_head(tmp_path, capsys) -> None:
+def test_fit_with_monitor_logs_parts_and_no_lr_advice_between_backbone_and_head(tmp_path, caplog) -> None:
     torch.manual_seed(0)
     model = _model(
         optimizer=partial(torch.optim.SGD, lr=1e-5, momentum=0.9),
@@ -174,10 +176,12 @@ def test_fit_with_monitor_logs_parts_and_no_lr_advice_between_backbone_and_head(
     loader = DataLoader(_PairData(_pairs(8)), batch_size=4)
     monitor = StreamMonitor(log_every_n_steps=1, thresholds=None)
     trainer = _trainer(tmp_path, max_epochs=3, callbacks=[monitor], log_every_n_steps=1)
-    with pytest.warns(UserWarning, match="do not return the per-stream prediction protocol") as record:
+    with warnings.catch_warnings(record=True) as record, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
         trainer.fit(model, loader, loader)
-    protocol_warnings = [w for w in record if "per-stream prediction protocol" in str(w.message)]
-    assert len(protocol_warnings) == 1
+    assert not [w for w in record if "StreamMonitor" in str(w.message)]
+    # one clear note, not a warning about a protocol the model cannot have
+    assert caplog.text.count("are in series (a backbone and its head), not parallel streams") == 1
     for part in ("backbone", "head"):
         for metric in ("grad_norm", "update_ratio", "weight_norm"):
             assert len(monitor.history[f"streams/{metric}/{part}"]) == 3, (metric, part)
@@ -260,3 +264,39 @@ def test_bad_arguments() -> None:
 
 def test_series_scores_have_no_nan_for_the_metric() -> None:
     assert not math.isnan(_model().head.series_scores(torch.zeros(2, 512)).sum().item())
+
+
+def test_a_checkpoint_reloads_after_the_pretrained_file_is_gone(tmp_path) -> None:
+    from torchvision.models import resnet18
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(resnet18().state_dict(), weights)
+    model = _model(trunk=partial(ResNetTrunk, arch="resnet18", weights_path=str(weights)))
+    trainer = _trainer(tmp_path, max_epochs=1, enable_checkpointing=True)
+    trainer.fit(model, DataLoader(_PairData(_pairs(4)), batch_size=4))
+    weights.unlink()
+    reloaded = SiameseRanker.load_from_checkpoint(trainer.checkpoint_callback.best_model_path)
+    torch.testing.assert_close(reloaded.backbone.conv1.weight, model.backbone.conv1.weight)
+    assert reloaded.hparams["trunk"]["init_args"]["weights_path"] is None
+
+
+def test_a_metric_with_no_pair_in_the_epoch_is_left_out_not_zero(tmp_path) -> None:
+    batch = _pairs(4)
+    batch["ratio"] = torch.tensor([0.6, 0.4, 0.65, 0.35])  # no pair reaches agreement 0.7
+    (logged,) = _trainer(tmp_path).validate(_model(), DataLoader(_PairData(batch), batch_size=4), verbose=False)
+    assert "val/pair_acc" in logged and "val/pair_acc_agreed" not in logged
+
+
+def test_tied_training_pairs_with_a_hard_label_loss_are_announced(tmp_path) -> None:
+    batch = _pairs(4)  # holds a tie (ratio 0.5)
+    with pytest.warns(UserWarning, match="keeps tied pairs .* use loss RankNetLoss"):
+        _trainer(tmp_path, max_steps=1).fit(_model(), DataLoader(_PairData(batch), batch_size=4))
+
+
+def test_parameters_outside_the_declared_parts_get_a_catch_all_default_group() -> None:
+    model = _model()
+    model.extra = torch.nn.Linear(2, 2)  # e.g. a subclass's own layer
+    assert [g.name for g in model.default_param_groups()] == ["backbone", "head", "other"]
+    optimizer = model.configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    assert {g["name"]: len(g["params"]) for g in optimizer.param_groups}["other"] == 2
