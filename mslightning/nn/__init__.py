@@ -20,6 +20,7 @@ from mslightning.nn.fusion import (
     check_stream_features,
 )
 from mslightning.nn.heads import StreamHeads
+from mslightning.nn.poisson import MaskedPoissonLoss, response_mask
 from mslightning.nn.ranking import (
     DifferenceHead,
     PairCrossEntropyLoss,
@@ -38,6 +39,7 @@ __all__ = [
     "Fusion",
     "GatedFusion",
     "ImageTrunk",
+    "MaskedPoissonLoss",
     "MultiplicativeAdditionFusion",
     "MultiplicativeFusion",
     "PairCrossEntropyLoss",
@@ -55,4 +57,5 @@ __all__ = [
     "adapt_conv1_weight",
     "check_in_features",
     "check_stream_features",
+    "response_mask",
 ]
