@@ -8,6 +8,7 @@ The Photo Triage datamodules are the exception: they yield pair dicts
 (:data:`~mslightning.data.photo_triage.SeriesBatch`).
 """
 
+from mslightning.data.hdf5 import LazyHDF5
 from mslightning.data.photo_triage import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -21,6 +22,13 @@ from mslightning.data.photo_triage import (
     collate_series,
     letterbox,
     read_pair_list,
+)
+from mslightning.data.recordings import (
+    RecordingsBatch,
+    RecordingsDataModule,
+    RecordingWindows,
+    SessionBatchSampler,
+    read_recordings_layout,
 )
 from mslightning.data.synthetic import (
     DEFAULT_SIGNAL,
@@ -45,13 +53,18 @@ __all__ = [
     "IMAGENET_STD",
     "PAD_COLOUR",
     "PROTOTYPE_NORM",
+    "LazyHDF5",
     "LevelGapAccuracy",
     "PairBatch",
     "PairRecord",
     "PhotoPairDataset",
     "PhotoSeriesDataset",
     "PhotoTriageDataModule",
+    "RecordingWindows",
+    "RecordingsBatch",
+    "RecordingsDataModule",
     "SeriesBatch",
+    "SessionBatchSampler",
     "StreamBatch",
     "StreamsTensorDataset",
     "SyntheticPhotoTriageDataModule",
@@ -64,4 +77,5 @@ __all__ = [
     "make_synthetic_photo_triage",
     "photo_levels",
     "read_pair_list",
+    "read_recordings_layout",
 ]
