@@ -30,11 +30,14 @@ from mslightning.nn.ranking import (
     RankNetLoss,
     ScoreHead,
 )
+from mslightning.nn.recurrent import ConvGRU, ConvGRUCell
 from mslightning.nn.trunks import ImageTrunk, ResNetTrunk, VGGTrunk
 
 __all__ = [
     "AttentionFusion",
     "ConcatFusion",
+    "ConvGRU",
+    "ConvGRUCell",
     "DifferenceHead",
     "Fusion",
     "GatedFusion",
