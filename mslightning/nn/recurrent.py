@@ -334,8 +334,10 @@ class ConvGRU(nn.Module):
         cell.check_input(x[:, 0], h, owner="ConvGRU")
         gates_x = cell.input_gates(flat).view(b, t, -1, *x.shape[3:])
         states = []
-        for step in range(t):
-            h = cell.recur(gates_x[:, step], h)
+        # unbind, not gates_x[:, step]: its backward stacks the T gradients once, where T slices
+        # would each scatter into a zero tensor of the whole sequence's size.
+        for gates in gates_x.unbind(1):
+            h = cell.recur(gates, h)
             states.append(h)
         hidden = torch.stack(states, dim=1)
         if cell.proj is None:
