@@ -38,6 +38,11 @@ from mslightning.data.synthetic import (
     SyntheticStreamsDataModule,
     collate_streams,
 )
+from mslightning.data.synthetic_retina import (
+    SyntheticRecordingsDataModule,
+    default_synthetic_recordings_path,
+    make_synthetic_recordings,
+)
 from mslightning.data.synthetic_triage import (
     LevelGapAccuracy,
     SyntheticPhotoTriageDataModule,
@@ -68,13 +73,16 @@ __all__ = [
     "StreamBatch",
     "StreamsTensorDataset",
     "SyntheticPhotoTriageDataModule",
+    "SyntheticRecordingsDataModule",
     "SyntheticStreamsDataModule",
     "accuracy_by_level_gap",
     "collate_series",
     "collate_streams",
+    "default_synthetic_recordings_path",
     "default_synthetic_triage_root",
     "letterbox",
     "make_synthetic_photo_triage",
+    "make_synthetic_recordings",
     "photo_levels",
     "read_pair_list",
     "read_recordings_layout",
