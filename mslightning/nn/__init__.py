@@ -6,6 +6,7 @@ classifies each stream alone; pair heads and losses (:mod:`mslightning.nn.rankin
 preference between two inputs.
 """
 
+from mslightning.nn.cores import ResidualBlock, ResidualCore, RMSNorm2d, activation_gain
 from mslightning.nn.encoders import ResNetStreamEncoder, adapt_conv1_weight
 from mslightning.nn.fusion import (
     AttentionFusion,
@@ -20,6 +21,7 @@ from mslightning.nn.fusion import (
     check_stream_features,
 )
 from mslightning.nn.heads import StreamHeads
+from mslightning.nn.modulators import ConcatModulator, FiLMModulator, Modulator
 from mslightning.nn.poisson import MaskedPoissonLoss, response_mask
 from mslightning.nn.ranking import (
     DifferenceHead,
@@ -30,33 +32,44 @@ from mslightning.nn.ranking import (
     RankNetLoss,
     ScoreHead,
 )
+from mslightning.nn.readouts import FactorisedReadout, GaussianReadout, Readout
 from mslightning.nn.recurrent import ConvGRU, ConvGRUCell
 from mslightning.nn.trunks import ImageTrunk, ResNetTrunk, VGGTrunk
 
 __all__ = [
     "AttentionFusion",
     "ConcatFusion",
+    "ConcatModulator",
     "ConvGRU",
     "ConvGRUCell",
     "DifferenceHead",
+    "FactorisedReadout",
+    "FiLMModulator",
     "Fusion",
     "GatedFusion",
+    "GaussianReadout",
     "ImageTrunk",
     "MaskedPoissonLoss",
+    "Modulator",
     "MultiplicativeAdditionFusion",
     "MultiplicativeFusion",
     "PairCrossEntropyLoss",
     "PairHead",
     "PairLoss",
     "PairMarginLoss",
+    "RMSNorm2d",
     "RankNetLoss",
+    "Readout",
     "ResNetStreamEncoder",
     "ResNetTrunk",
+    "ResidualBlock",
+    "ResidualCore",
     "ScoreHead",
     "StreamHeads",
     "SumFusion",
     "VGGTrunk",
     "WeightedFusion",
+    "activation_gain",
     "adapt_conv1_weight",
     "check_in_features",
     "check_stream_features",

@@ -299,7 +299,7 @@ class ResidualCore(nn.Module):
         kernel_size: int = 3,
         strides: int | Sequence[int] = 1,
         norm: str | None = "rms",
-        activation: str | Callable[[], nn.Module] = "silu",
+        activation: Callable[[], nn.Module] | str = "silu",
         depthwise: bool = False,
         weight_norm: bool = False,
     ) -> None:

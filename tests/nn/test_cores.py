@@ -116,3 +116,16 @@ def test_injected_activation_and_gradients_reach_the_stem():
     core = ResidualCore(channels=[4, 8], activation=nn.Mish, norm="batch")
     core(torch.randn(2, 1, 8, 8)).sum().backward()
     assert core.stem[0].weight.grad.abs().sum() > 0
+
+
+def test_configurable_from_yaml_with_a_named_or_imported_activation():
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(ResidualCore, "core")
+    for activation, expected in (("relu", nn.ReLU), ("torch.nn.Mish", nn.Mish)):
+        args = ["--core.channels=[8, 16]", "--core.strides=[1, 2]", f"--core.activation={activation}"]
+        config = parser.parse_args(args)
+        core = parser.instantiate_classes(config).core
+        assert isinstance(core.stem[-1], expected)
+        assert core.output_shape(10, 10) == (16, 5, 5)
