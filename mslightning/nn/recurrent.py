@@ -295,20 +295,50 @@ class ConvGRU(nn.Module):
     The result equals calling the cell ``T`` times.
 
     Args:
-        in_channels: Channels of the input.
-        hidden_channels: Channels of the state.
+        in_channels: Channels ``C_in`` of the input.
+        hidden_channels: Channels ``hidden`` of the state.
         kernel_size: Odd kernel size.
-        **cell_options: The other options of :class:`ConvGRUCell` (``gate_norm_groups``,
-            ``learnable_h0``, ``residual``, ``groups``, ``depthwise``, ``orthogonal_init``,
-            ``hidden_clamp``, ``bias``).
+        gate_norm_groups: See :class:`ConvGRUCell` (as all the options below).
+        learnable_h0: Learn the initial state.
+        residual: Output ``h' + P(x)``; the recurrence gets ``h'``.
+        groups: Groups of the gate convolutions.
+        depthwise: Depthwise-separable gate convolutions.
+        orthogonal_init: Orthogonal recurrent weights.
+        hidden_clamp: Clamp of the state in every mode.
+        bias: Biases in the gate convolutions.
 
     Attributes:
         cell: The :class:`ConvGRUCell`.
     """
 
-    def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int = 3, **cell_options: object) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int,
+        kernel_size: int = 3,
+        gate_norm_groups: int | None = None,
+        learnable_h0: bool = False,
+        residual: bool = False,
+        groups: int = 1,
+        depthwise: bool = False,
+        orthogonal_init: bool = False,
+        hidden_clamp: float | None = None,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
-        self.cell = ConvGRUCell(in_channels, hidden_channels, kernel_size, **cell_options)  # type: ignore[arg-type]
+        self.cell = ConvGRUCell(
+            in_channels,
+            hidden_channels,
+            kernel_size,
+            gate_norm_groups=gate_norm_groups,
+            learnable_h0=learnable_h0,
+            residual=residual,
+            groups=groups,
+            depthwise=depthwise,
+            orthogonal_init=orthogonal_init,
+            hidden_clamp=hidden_clamp,
+            bias=bias,
+        )
 
     def forward(self, x: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Run the sequence.
@@ -324,13 +354,12 @@ class ConvGRU(nn.Module):
         Raises:
             ValueError: For an input that is not 5-d, an empty sequence, or mismatched channels.
         """
-        if x.ndim != 5 or x.shape[1] < 1:
-            raise ValueError(f"ConvGRU: x must be (B, T >= 1, C_in, H, W), got {tuple(x.shape)}.")
         cell = self.cell
+        if x.ndim != 5 or x.shape[1] < 1 or x.shape[2] != cell.in_channels:
+            raise ValueError(f"ConvGRU: x must be (B, T >= 1, C_in={cell.in_channels}, H, W), got {tuple(x.shape)}.")
         b, t = x.shape[:2]
         flat = x.reshape(b * t, *x.shape[2:])
-        cell.check_input(flat, None, owner="ConvGRU")
-        h = cell.initial_state(flat[:b]) if h0 is None else h0
+        h = cell.initial_state(x[:, 0]) if h0 is None else h0
         cell.check_input(x[:, 0], h, owner="ConvGRU")
         gates_x = cell.input_gates(flat).view(b, t, -1, *x.shape[3:])
         states = []

@@ -1,3 +1,5 @@
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -86,9 +88,18 @@ def test_same_padding_does_not_shift_the_map() -> None:
     torch.testing.assert_close(flipped, outputs.flip(-1, -2), atol=1e-6, rtol=0)
 
 
-def test_convgru_equals_stepping_the_cell_with_every_option() -> None:
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_convgru_equals_stepping_the_cell_with_every_option(depthwise: bool) -> None:
     torch.manual_seed(2)
-    options = dict(gate_norm_groups=2, learnable_h0=True, residual=True, groups=2, hidden_clamp=0.7)
+    options = dict(
+        gate_norm_groups=2,
+        learnable_h0=True,
+        residual=True,
+        groups=2,
+        depthwise=depthwise,
+        orthogonal_init=True,
+        hidden_clamp=0.7,
+    )
     model = ConvGRU(C, HID, **options)
     with torch.no_grad():
         model.cell.h0.normal_()
@@ -237,9 +248,21 @@ def test_gradients_flow_through_time() -> None:
 
 def test_bad_shapes_are_named() -> None:
     model = ConvGRU(C, HID)
-    with pytest.raises(ValueError, match=r"x must be \(B, T >= 1, C_in, H, W\), got \(2, 4, 5, 5\)"):
+    with pytest.raises(ValueError, match=r"x must be \(B, T >= 1, C_in=4, H, W\), got \(2, 4, 5, 5\)"):
         model(torch.randn(2, 4, 5, 5))
-    with pytest.raises(ValueError, match="x must be"):
+    with pytest.raises(ValueError, match=r"C_in=4, H, W\), got \(2, 3, 5, 5, 5\)"):
         model(torch.randn(2, 3, C + 1, 5, 5))
+    with pytest.raises(ValueError, match=r"ConvGRUCell: x must be \(B, 4, H, W\), got \(2, 5, 5, 5\)"):
+        model.cell(torch.randn(2, C + 1, 5, 5))
     with pytest.raises(ValueError, match=r"h must be \(2, 6, 5, 5\)"):
         model(torch.randn(2, 3, C, 5, 5), torch.zeros(2, HID, 4, 4))
+
+
+def test_convgru_takes_the_cells_options() -> None:
+    cell_params = inspect.signature(ConvGRUCell).parameters
+    assert inspect.signature(ConvGRU).parameters.keys() == cell_params.keys()
+    model = ConvGRU(C, HID, 5, gate_norm_groups=3, groups=2, depthwise=True, hidden_clamp=2.0, bias=False)
+    cell = model.cell
+    options = (cell.kernel_size, cell.gate_norm_groups, cell.groups, cell.depthwise, cell.hidden_clamp)
+    assert options == (5, 3, 2, True, 2.0)
+    assert cell.conv_x.pointwise.bias is None
