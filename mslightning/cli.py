@@ -15,9 +15,10 @@ What it adds to Lightning's ``LightningCLI``:
   checkpoint under its logger's runs), printed before it is used. A ``ModelCheckpoint`` with an
   explicit ``dirpath`` that already holds checkpoints, and no version counter, is refused: it
   would overwrite them.
-* **One source of truth for streams and classes**: the data's ``stream_channels`` and
-  ``num_classes`` are linked to the model's ``streams`` and ``num_classes``; a model value
-  written in the config that disagrees with the data is an error.
+* **One source of truth for what the data defines**: the data's ``stream_channels``,
+  ``num_classes``, ``sessions``, ``behaviour_dim``, ``frame_size`` and ``burn_in`` are linked to
+  the model's arguments of the same meaning (``streams``, ``num_classes``, ...) when both have
+  them; a model value written in the config that disagrees with the data is an error.
 * **Errors in the library's own words**: a bad option prints one short message naming it, not
   jsonargparse's usage text; an error raised while building the model or data names the
   component and its class first. ``validate``/``test``/``predict`` without ``--ckpt_path``
@@ -53,7 +54,14 @@ from mslightning.modules.hparams import changed_settings, signature_defaults
 
 __all__ = ["MSLightningCLI", "checkpoint_agreement", "find_run_checkpoint", "main"]
 
-LINKS = {"stream_channels": "streams", "num_classes": "num_classes"}
+LINKS = {
+    "stream_channels": "streams",
+    "num_classes": "num_classes",
+    "sessions": "sessions",
+    "behaviour_dim": "behaviour_dim",
+    "frame_size": "frame_size",
+    "burn_in": "burn_in",
+}
 _CHECKPOINT_FILE = {"what": "checkpoint", "remedy": "Run `mslightning fit` again to write a new checkpoint"}
 """Datamodule attribute -> model argument, linked when the model is built."""
 
@@ -121,6 +129,15 @@ class MSLightningArgumentParser(LightningArgumentParser):
         prog = self.prog.replace(" [options]", "")
         sys.stderr.write(f"{prog}: error: {condense_parser_error(message)}\n(see `{prog} --help` for the options)\n")
         sys.exit(2)
+
+
+def _comparable(value: Any) -> Any:
+    """A linked value in a form that compares equal however it was written (YAML list vs tuple)."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, list | tuple):
+        return tuple(value)
+    return value
 
 
 def _component_of(error: BaseException) -> str | None:
@@ -255,8 +272,8 @@ class MSLightningCLI(LightningCLI):
                 continue
             if target not in self._written_links and written == defaults.get(target):
                 continue
-            written = dict(written) if isinstance(written, Mapping) else written
-            if written != (dict(data_value) if isinstance(data_value, Mapping) else data_value):
+            written, data_value = _comparable(written), _comparable(data_value)
+            if written != data_value:
                 if self._links_origin:
                     raise ValueError(
                         f"{self._links_origin} was trained with {target}={written!r}, but the data has "

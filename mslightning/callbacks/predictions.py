@@ -151,7 +151,8 @@ class ClassProbabilityWriter(_CSVPredictionWriter):
 class PredictionTableWriter(_CSVPredictionWriter):
     """Writes the columns that ``predict_step`` returns to CSV, one row per sample, batch by batch.
 
-    ``predict_step`` returns a mapping column name -> ``(N,)`` tensor (all of one length ``N``),
+    ``predict_step`` returns a mapping column name -> ``(N,)`` tensor (all of one length ``N``) or
+    a string (the same value in every row of the batch, e.g. a session name),
     e.g. :class:`~mslightning.modules.SiameseRanker`'s ``series``, ``index``, ``score``,
     ``predicted_rank``, ``true_rank``. The header is the first batch's column names (plus
     ``dataloader`` first with several predict dataloaders); integer tensors are written as
@@ -194,12 +195,14 @@ class PredictionTableWriter(_CSVPredictionWriter):
                 f"{owner} expects predict_step to return a mapping column name -> (N,) tensor, got "
                 f"{type(prediction).__name__}. For class probabilities (B, K) use ClassProbabilityWriter."
             )
-        lengths = {
-            name: tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__ for name, v in prediction.items()
-        }
+        tensors = {name: v for name, v in prediction.items() if not isinstance(v, str)}
+        lengths = {name: tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__ for name, v in tensors.items()}
         sizes = {shape[0] for shape in lengths.values() if isinstance(shape, tuple) and len(shape) == 1}
         if len(sizes) != 1 or any(not isinstance(shape, tuple) or len(shape) != 1 for shape in lengths.values()):
-            raise ValueError(f"{owner}: every column must be a (N,) tensor of one length N, got {lengths}.")
+            raise ValueError(
+                f"{owner}: every column must be a (N,) tensor of one length N (or one string for all rows), got "
+                f"{lengths}."
+            )
         if self._writer is None:
             self._several_loaders = len(trainer.num_predict_batches) > 1
             self._columns = [str(name) for name in prediction]
@@ -209,8 +212,11 @@ class PredictionTableWriter(_CSVPredictionWriter):
             raise ValueError(
                 f"{owner}: batch {batch_idx} has the columns {list(prediction)} but the file has {self._columns}."
             )
+        (count,) = sizes
         values = [
-            v.detach().cpu().tolist()
+            [v] * count
+            if isinstance(v, str)
+            else v.detach().cpu().tolist()
             if not v.is_floating_point()
             else [f"{x:.6g}" for x in v.detach().float().cpu().tolist()]
             for v in prediction.values()
@@ -218,4 +224,4 @@ class PredictionTableWriter(_CSVPredictionWriter):
         loader = [dataloader_idx] if self._several_loaders else []
         for row in zip(*values, strict=True):
             self._writer.writerow([*loader, *row])
-        self._rows += len(values[0])
+        self._rows += count

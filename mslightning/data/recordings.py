@@ -148,14 +148,16 @@ def read_recordings_layout(data: LazyHDF5, sessions: Sequence[str] | None = None
             raise ValueError(f"sessions must name at least one session of '{data.path}' (or be None for all).")
         missing = [name for name in sessions if name not in groups]
         if missing:
-            raise ValueError(f"'{data.path}' has no session {missing[0]!r} (requested in sessions); it holds {groups}.")
+            raise ValueError(
+                f"'{data.path}' has no session {missing[0]!r} (requested in session_names); it holds {groups}."
+            )
     layouts = {name: _session_layout(data, name) for name in sessions}
     for attribute, what in (("frame_size", "frame size (H, W)"), ("behaviour_dim", "behaviour dimension D")):
         values = {name: getattr(layout, attribute) for name, layout in layouts.items()}
         if len(set(values.values())) > 1:
             raise ValueError(
                 f"'{data.path}': the sessions differ in {what}: {values}. One model (one core, one modulator) "
-                "reads them all; read them with separate datamodules (sessions=[...]) or resample the data."
+                "reads them all; read them with separate datamodules (session_names=[...]) or resample the data."
             )
     return layouts
 
@@ -532,7 +534,9 @@ class RecordingsDataModule(LightningDataModule):
         stride: Bins between consecutive training windows of a run; None means ``window - burn_in``.
         batch_size: Windows per batch.
         num_workers: DataLoader worker processes.
-        sessions: The sessions to read, in this order; None means every session of the file (sorted).
+        session_names: The sessions to read, in this order; None means every session of the file
+            (sorted). (Named apart from :attr:`sessions`, the read sessions' neuron counts, which the
+            model's ``sessions`` is linked to.)
         predict_split: The split the predict loader yields.
         seed: Seed of the training order.
         drop_last: Drop each session's incomplete last training batch.
@@ -553,7 +557,7 @@ class RecordingsDataModule(LightningDataModule):
         stride: int | None = None,
         batch_size: int = 16,
         num_workers: int = 2,
-        sessions: list[str] | None = None,
+        session_names: list[str] | None = None,
         predict_split: Literal["train", "val", "test"] = "test",
         seed: int = 0,
         drop_last: bool = False,
@@ -573,13 +577,15 @@ class RecordingsDataModule(LightningDataModule):
             raise ValueError(f"stride must be an integer >= 1 or None (window - burn_in), got {stride!r}.")
         if predict_split not in SPLITS:
             raise ValueError(f"predict_split must be one of {list(SPLITS)}, got {predict_split!r}.")
-        if sessions is not None:
-            if isinstance(sessions, str) or not sessions:
-                raise ValueError(f"sessions must be a non-empty list of session names or None, got {sessions!r}.")
-            for name in sessions:
-                check_stream_name(name, "sessions")
-            if len(set(sessions)) != len(sessions):
-                raise ValueError(f"sessions lists a session twice: {sessions}.")
+        if session_names is not None:
+            if isinstance(session_names, str) or not session_names:
+                raise ValueError(
+                    f"session_names must be a non-empty list of session names or None, got {session_names!r}."
+                )
+            for name in session_names:
+                check_stream_name(name, "session_names")
+            if len(set(session_names)) != len(session_names):
+                raise ValueError(f"session_names lists a session twice: {session_names}.")
         self.save_hyperparameters()
         self.path = Path(path)
         self.window = window
@@ -587,7 +593,7 @@ class RecordingsDataModule(LightningDataModule):
         self.stride = stride if stride is not None else window - burn_in
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.requested_sessions = None if sessions is None else list(sessions)
+        self.requested_sessions = None if session_names is None else list(session_names)
         self.predict_split = predict_split
         self.seed = seed
         self.drop_last = drop_last

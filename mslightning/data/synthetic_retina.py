@@ -128,7 +128,7 @@ def default_synthetic_recordings_path(**params: Any) -> Path:
 
 def _params(
     seed: int = 0,
-    sessions: int = 2,
+    num_sessions: int = 2,
     neurons: int | list[int] | tuple[int, ...] = (32, 20),
     frames: int = 3000,
     size: int = 32,
@@ -136,13 +136,13 @@ def _params(
     missing: float = 0.02,
 ) -> dict[str, Any]:
     """Check the generation parameters; return them with :data:`VERSION` as plain JSON values."""
-    for name, value, low in (("sessions", sessions, 1), ("size", size, 8), ("trial_frames", trial_frames, 10)):
+    for name, value, low in (("num_sessions", num_sessions, 1), ("size", size, 8), ("trial_frames", trial_frames, 10)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
-    counts = [neurons] * sessions if isinstance(neurons, int) else list(neurons)
-    if len(counts) != sessions or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in counts):
+    counts = [neurons] * num_sessions if isinstance(neurons, int) else list(neurons)
+    if len(counts) != num_sessions or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in counts):
         raise ValueError(
-            f"neurons must be a positive integer or one per session ({sessions} sessions), got {neurons!r}."
+            f"neurons must be a positive integer or one per session ({num_sessions} sessions), got {neurons!r}."
         )
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < trial_frames * len(_SPLIT_PATTERN):
         raise ValueError(
@@ -154,7 +154,7 @@ def _params(
     return {
         "version": VERSION,
         "seed": int(seed),
-        "sessions": int(sessions),
+        "num_sessions": int(num_sessions),
         "neurons": [int(n) for n in counts],
         "frames": int(frames),
         "size": int(size),
@@ -183,7 +183,7 @@ def make_synthetic_recordings(
     path: str | Path | None = None,
     *,
     seed: int = 0,
-    sessions: int = 2,
+    num_sessions: int = 2,
     neurons: int | list[int] | tuple[int, ...] = (32, 20),
     frames: int = 3000,
     size: int = 32,
@@ -201,7 +201,7 @@ def make_synthetic_recordings(
         path: The file; None means :func:`default_synthetic_recordings_path`. An existing file is
             replaced only if it is a synthetic recordings file (with other parameters).
         seed: Seed of every random draw.
-        sessions: Number of sessions, named ``s1``, ``s2``, ...
+        num_sessions: Number of sessions, named ``s1``, ``s2``, ...
         neurons: Neurons per session: one count for all, or one per session.
         frames: Time bins (frames) per session; at least 20 trials.
         size: Frame side in pixels.
@@ -216,7 +216,7 @@ def make_synthetic_recordings(
         ImportError: If scikit-image (which holds the photographs) is not installed.
 
     """
-    params = _params(seed, sessions, neurons, frames, size, trial_frames, missing)
+    params = _params(seed, num_sessions, neurons, frames, size, trial_frames, missing)
     path = Path(path) if path is not None else default_synthetic_recordings_path(**_without_version(params))
     manifest = read_synthetic_manifest(path) if path.exists() else None
     if manifest is not None and manifest.get("params") == params:
@@ -411,7 +411,7 @@ def _write(path: Path, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     photos = _photos(3 * params["size"])
     figures: dict[str, dict[str, Any]] = {}
     with h5py.File(path, "w") as file:
-        for index in range(params["sessions"]):
+        for index in range(params["num_sessions"]):
             name = f"s{index + 1}"
             data = _session(params, index, photos)
             blind = data.pop("_blind")
@@ -456,7 +456,7 @@ class SyntheticRecordingsDataModule(RecordingsDataModule):
         path: The file; None means a per-user cache file named by a hash of the generation
             parameters (:func:`default_synthetic_recordings_path`).
         seed: Seed of the data and of the training order.
-        sessions: See :func:`make_synthetic_recordings`.
+        num_sessions: See :func:`make_synthetic_recordings`.
         neurons: See :func:`make_synthetic_recordings`.
         frames: See :func:`make_synthetic_recordings`.
         size: See :func:`make_synthetic_recordings`.
@@ -478,7 +478,7 @@ class SyntheticRecordingsDataModule(RecordingsDataModule):
         self,
         path: str | Path | None = None,
         seed: int = 0,
-        sessions: int = 2,
+        num_sessions: int = 2,
         neurons: int | tuple[int, ...] | list[int] = (32, 20),
         frames: int = 3000,
         size: int = 32,
@@ -494,7 +494,7 @@ class SyntheticRecordingsDataModule(RecordingsDataModule):
         pin_memory: bool | None = None,
         multiprocessing_context: str | None = None,
     ) -> None:
-        generation = _without_version(_params(seed, sessions, neurons, frames, size, trial_frames, missing))
+        generation = _without_version(_params(seed, num_sessions, neurons, frames, size, trial_frames, missing))
         super().__init__(
             path=Path(path) if path is not None else default_synthetic_recordings_path(**generation),
             window=window,

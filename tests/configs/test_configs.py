@@ -1,6 +1,7 @@
 """Every YAML in configs/ runs through the real `mslightning` CLI and round-trips --print_config."""
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import yaml
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from mslightning.cli import MSLightningCLI, checkpoint_agreement, main
-from mslightning.data import make_synthetic_photo_triage
+from mslightning.data import make_synthetic_photo_triage, make_synthetic_recordings
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").rglob("*.yaml"))
 # Keep every config's model and trainer; shrink only the data so each run takes seconds.
@@ -27,6 +28,7 @@ SMALL_DATA = [
 ]
 
 
+TINY_RECORDINGS = {"size": 16, "neurons": [6, 4]}
 TINY_TRIAGE = {"series_per_source": 1, "photos_per_series": 3, "crop_size": 24}
 SMALL_TRIAGE = [
     "--data.init_args.image_size",
@@ -54,6 +56,14 @@ def _small_args(config: Path, tmp_path: Path) -> list[str]:
             str(_write(tmp_path / "no_weights.yaml", "model: {init_args: {trunk: {init_args: {weights_path: null}}}}")),
         ]
         return ["--data.init_args.root", str(root), *SMALL_TRIAGE, "--data.init_args.image_size", "32", *no_file]
+    if data in ("SyntheticRecordingsDataModule", "RecordingsDataModule"):
+        windows = ["--data.init_args.window", "12", "--data.init_args.burn_in", "4", "--data.init_args.batch_size", "2"]
+        small = [*windows, "--data.init_args.num_workers", "0"]
+        if data == "SyntheticRecordingsDataModule":
+            tiny = [f"--data.init_args.{key}={json.dumps(value)}" for key, value in TINY_RECORDINGS.items()]
+            return [*tiny, "--data.init_args.path", str(tmp_path / "recordings.h5"), *small]
+        path = make_synthetic_recordings(tmp_path / "recordings.h5", **TINY_RECORDINGS)  # the documented layout
+        return ["--data.init_args.path", str(path), *small]
     raise AssertionError(f"{config}: no small-data arguments for {data}")
 
 
@@ -62,7 +72,11 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-FAMILY_GROUPS = {"MultiStreamClassifier": {"rgb", "depth", "head"}, "SiameseRanker": {"backbone", "head"}}
+FAMILY_GROUPS = {
+    "MultiStreamClassifier": {"rgb", "depth", "head"},
+    "SiameseRanker": {"backbone", "head"},
+    "ModulatedResponseModel": {"core", "modulator", "readout"},
+}
 
 
 def test_configs_exist():
@@ -72,6 +86,8 @@ def test_configs_exist():
         "siamese/synthetic.yaml",
         "siamese/photo_triage_resnet50.yaml",
         "siamese/photo_triage_vgg16.yaml",
+        "convgru/synthetic.yaml",
+        "convgru/visioncore_recipe.yaml",
     }
 
 

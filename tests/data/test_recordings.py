@@ -73,7 +73,7 @@ def test_properties_before_setup_leave_no_handle(recordings):
     assert not dm.data.is_open
     dm.setup("fit")
     assert not dm.data.is_open
-    assert _module(recordings, sessions=["s2"]).sessions == {"s2": 2}
+    assert _module(recordings, session_names=["s2"]).sessions == {"s2": 2}
 
 
 def test_round_trip_values_and_train_only_statistics(recordings):
@@ -297,7 +297,9 @@ def test_empty_splits_and_sessions(tmp_path, recordings):
     assert "{'s1': 20, 's2': 20}" in message
     path = write_recordings(tmp_path / "no-train.h5", neurons={"s1": 2}, split=np.full(T, 1, np.uint8))
     assert "dataset '/s1/split' marks no time bin as train" in _error(path)
-    assert "has no session 's9' (requested in sessions); it holds ['s1', 's2']" in _error(recordings, sessions=["s9"])
+    assert "has no session 's9' (requested in session_names); it holds ['s1', 's2']" in _error(
+        recordings, session_names=["s9"]
+    )
     empty = tmp_path / "empty.h5"
     h5py.File(empty, "w").close()
     assert "empty.h5' holds no session group" in _error(empty)

@@ -1,0 +1,354 @@
+"""Neural responses to video, modulated by behaviour over time: core -> modulator + ConvGRU -> readouts."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
+
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+from typing_extensions import override
+
+from mslightning.metrics import BitsPerSpike, MaskedPearsonCorrCoef
+from mslightning.modules.base import GroupedOptimizationModule, ParamGroups
+from mslightning.nn import ConcatModulator, ConvGRU, GaussianReadout, MaskedPoissonLoss, ResidualCore, response_mask
+from mslightning.nn.modulators import Modulator
+from mslightning.nn.readouts import Readout
+from mslightning.streams import check_stream_name
+
+__all__ = ["ModulatedResponseModel"]
+
+STAGES = ("train", "val", "test")
+DEFAULT_CORE = partial(ResidualCore, channels=(16, 32))
+"""A small core: two residual blocks of 16 and 32 channels."""
+DEFAULT_RECURRENT = partial(ConvGRU, hidden_channels=32)
+"""A ConvGRU with 32 hidden channels and no options."""
+BATCH_KEYS = ("session", "stimulus", "behaviour", "responses")
+
+
+class ModulatedResponseModel(GroupedOptimizationModule):
+    """Predict neural responses to a video from its frames and the animal's behaviour over time.
+
+    Per time step, a convolutional ``core`` encodes the frame; the ``modulator`` mixes the
+    behaviour vector into the features (tiled embedding channels or FiLM; ``None``: the model is
+    blind to behaviour); a ``ConvGRU`` carries them over time; the ``session``'s readout maps
+    each step's hidden state to non-negative rates of that session's neurons. Sessions share
+    everything but their readouts, so a new session needs only a new readout.
+
+    Parts, declared once (:attr:`stream_patterns`: the default param groups and StreamMonitor):
+    ``core`` (``core.*``), ``modulator`` (``modulator.*`` and ``recurrent.*``: behaviour enters
+    through both) and ``readout`` (``readouts.*``). They are in series, not peers.
+
+    Loss: :class:`~mslightning.nn.MaskedPoissonLoss` over the bins after ``burn_in`` and inside
+    the batch's ``mask``, plus ``readout_l1`` times the readouts' L1 of feature weights.
+
+    Logged metrics, per epoch, each over the whole epoch from running sums (``<stage>``:
+    ``train``, ``val``, ``test``; ``<s>``: a session):
+
+    * ``<stage>/loss`` (also per step in training).
+    * ``<stage>/<s>/corr`` and ``<stage>/corr``: per-neuron Pearson correlation of predicted
+      rates with spike counts (:class:`~mslightning.metrics.MaskedPearsonCorrCoef`), mean over
+      a session's neurons, and over all neurons.
+    * ``<stage>/<s>/bits_per_spike`` and ``<stage>/bits_per_spike``
+      (:class:`~mslightning.metrics.BitsPerSpike`, against each neuron's mean rate).
+    * With true rates in the batch (synthetic data): ``<stage>/oracle_corr`` (the true rates'
+      correlation with the spikes, the ceiling) and ``<stage>/oracle_fraction`` = ``corr /
+      oracle_corr``.
+    * ``val``/``test`` only, with a modulator: ``<stage>/ablated/corr``,
+      ``<stage>/ablated/bits_per_spike`` — the same model with the behaviour replaced by its
+      training mean — and ``<stage>/behaviour_gain/corr`` and ``.../bits_per_spike``, the
+      difference: what behaviour contributes.
+
+    Args:
+        sessions: Session name -> neuron count (linked from the data by the CLI).
+        behaviour_dim: ``D`` (linked from the data).
+        frame_size: ``(H, W)`` of the frames (linked from the data).
+        in_channels: Channels of a frame.
+        core: Builds the core from ``in_channels`` (``mslightning.nn.ResidualCore``).
+        modulator: Builds the modulator from the core's channels and ``behaviour_dim``
+            (``ConcatModulator`` or ``FiLMModulator``); ``None`` ignores behaviour.
+        recurrent: Builds the ConvGRU from the modulator's output channels (``ConvGRU`` with its
+            ``hidden_channels`` and cell options).
+        readout: Builds one readout per session from the hidden state's ``(C, H, W)`` and the
+            session's neuron count (``GaussianReadout`` or ``FactorisedReadout``).
+        burn_in: Leading time bins of every window left out of loss and metrics.
+        readout_l1: Weight of the readouts' L1 penalty on their feature weights.
+        optimizer: See :class:`~mslightning.modules.GroupedOptimizationModule`.
+        param_groups: See :class:`~mslightning.modules.GroupedOptimizationModule`.
+        no_weight_decay_on_norm_and_bias: See
+            :class:`~mslightning.modules.GroupedOptimizationModule`.
+
+    Raises:
+        ValueError: For no sessions, a bad session name or neuron count, a bad ``burn_in`` or
+            ``readout_l1``, or a part that builds the wrong kind of module.
+    """
+
+    parts_are_peers = False
+    """``core``, ``modulator`` and ``readout`` are in series: StreamMonitor does not compare them."""
+
+    def __init__(
+        self,
+        sessions: Mapping[str, int] | None = None,
+        behaviour_dim: int = 4,
+        frame_size: tuple[int, int] = (32, 32),
+        in_channels: int = 1,
+        core: Callable[[int], ResidualCore] = DEFAULT_CORE,
+        modulator: Callable[[int, int], Modulator] | None = ConcatModulator,
+        recurrent: Callable[[int], ConvGRU] = DEFAULT_RECURRENT,
+        readout: Callable[[tuple[int, int, int], int], Readout] = GaussianReadout,
+        burn_in: int = 5,
+        readout_l1: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        param_groups: ParamGroups | None = None,
+        no_weight_decay_on_norm_and_bias: bool = False,
+    ) -> None:
+        super().__init__(optimizer, param_groups, no_weight_decay_on_norm_and_bias)
+        sessions = dict(sessions or {"session": 16})
+        if not sessions:
+            raise ValueError("sessions must map at least one session name to its neuron count, got {}.")
+        for name, count in sessions.items():
+            check_stream_name(name, "sessions")
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValueError(f"sessions: session {name!r} needs a positive neuron count, got {count!r}.")
+        if isinstance(burn_in, bool) or not isinstance(burn_in, int) or burn_in < 0:
+            raise ValueError(f"burn_in must be an int >= 0, got {burn_in!r}.")
+        if not readout_l1 >= 0:
+            raise ValueError(f"readout_l1 must be >= 0, got {readout_l1!r}.")
+        self.save_init_arguments(
+            {
+                "sessions": sessions,
+                "behaviour_dim": behaviour_dim,
+                "frame_size": tuple(frame_size),
+                "in_channels": in_channels,
+                "core": core,
+                "modulator": modulator,
+                "recurrent": recurrent,
+                "readout": readout,
+                "burn_in": burn_in,
+                "readout_l1": readout_l1,
+                "optimizer": optimizer,
+                "param_groups": param_groups,
+                "no_weight_decay_on_norm_and_bias": no_weight_decay_on_norm_and_bias,
+            }
+        )
+        self.sessions = sessions
+        self.behaviour_dim = behaviour_dim
+        self.in_channels = in_channels
+        self.burn_in = burn_in
+        self.readout_l1 = readout_l1
+        self.core = core(in_channels)
+        core_channels, height, width = self.core.output_shape(*frame_size)
+        self.modulator = None if modulator is None else _built(modulator(core_channels, behaviour_dim), Modulator)
+        self.recurrent = _built(recurrent(self.modulator.out_channels if self.modulator else core_channels), ConvGRU)
+        hidden_shape = (self.recurrent.cell.hidden_channels, height, width)
+        self.readouts = nn.ModuleDict({name: _built(readout(hidden_shape, n), Readout) for name, n in sessions.items()})
+        self.loss = MaskedPoissonLoss(burn_in)
+        modulator_patterns = ["recurrent.*", *(["modulator.*"] if self.modulator is not None else [])]
+        self.stream_patterns = {"core": ["core.*"], "modulator": modulator_patterns, "readout": ["readouts.*"]}
+        # behaviour's training mean, the stand-in when behaviour is ablated
+        self.register_buffer("behaviour_sum", torch.zeros(behaviour_dim, dtype=torch.float64))
+        self.register_buffer("behaviour_count", torch.zeros((), dtype=torch.float64))
+        self.metrics = nn.ModuleDict({f"{stage}_metrics": self._session_metrics(stage) for stage in STAGES})
+        self._checked_stages: set[str] = set()
+
+    def _session_metrics(self, stage: str) -> nn.ModuleDict:
+        kinds = ["model", "oracle"] + (["ablated"] if stage != "train" and self.modulator is not None else [])
+        return nn.ModuleDict(
+            {
+                f"{session}__{kind}": nn.ModuleDict({"corr": MaskedPearsonCorrCoef(n), "bits": BitsPerSpike(n)})
+                for session, n in self.sessions.items()
+                for kind in kinds
+            }
+        )
+
+    @property
+    def behaviour_mean(self) -> Tensor:
+        """The mean behaviour vector seen in training, ``(D,)`` (zeros before any training step)."""
+        return (self.behaviour_sum / self.behaviour_count.clamp(min=1)).float()
+
+    @override
+    def forward(self, stimulus: Tensor, behaviour: Tensor, session: str) -> Tensor:
+        """Predicted rates of one session's neurons.
+
+        Args:
+            stimulus: Frames ``(B, T, C, H, W)``.
+            behaviour: ``(B, T, D)``.
+            session: The session whose readout is used.
+
+        Returns:
+            Rates ``(B, T, N_session)``, > 0.
+        """
+        batch, steps = stimulus.shape[:2]
+        features = self.core(stimulus.flatten(0, 1))
+        features = features.view(batch, steps, *features.shape[1:])
+        if self.modulator is not None:
+            features = self.modulator(features, behaviour)
+        hidden, _ = self.recurrent(features)
+        rates = self.readouts[session](hidden.flatten(0, 1))
+        return rates.view(batch, steps, -1)
+
+    def _check_batch(self, batch: Any, stage: str) -> None:
+        if stage in self._checked_stages:
+            return
+        owner = type(self).__name__
+        if not isinstance(batch, Mapping) or any(key not in batch for key in BATCH_KEYS):
+            keys = list(batch) if isinstance(batch, Mapping) else type(batch).__name__
+            raise ValueError(f"{owner} expects batches with keys {list(BATCH_KEYS)} (see RecordingsBatch), got {keys}.")
+        session = batch["session"]
+        if session not in self.sessions:
+            raise ValueError(
+                f"{owner}: the batch is from session {session!r}, but the model has readouts for {list(self.sessions)}."
+            )
+        stimulus, behaviour, responses = batch["stimulus"], batch["behaviour"], batch["responses"]
+        size, steps = responses.shape[:2] if responses.ndim == 3 else (None, None)
+        expected = {
+            "stimulus": (size, steps, self.in_channels),
+            "behaviour": (size, steps, self.behaviour_dim),
+            "responses": (size, steps, self.sessions[session]),
+        }
+        for name, value in (("stimulus", stimulus), ("behaviour", behaviour), ("responses", responses)):
+            ndim = 5 if name == "stimulus" else 3
+            if value.ndim != ndim or tuple(value.shape[:3]) != expected[name]:
+                raise ValueError(
+                    f"{owner}: batch[{name!r}] of session {session!r} has shape {tuple(value.shape)}; expected "
+                    f"{ndim}-D starting {expected[name]} (B, T, ...; {self.sessions[session]} neurons, "
+                    f"behaviour_dim {self.behaviour_dim}, {self.in_channels} stimulus channel(s))."
+                )
+        self._checked_stages.add(stage)
+
+    def _shared_step(self, batch: Mapping[str, Any], stage: str) -> Tensor:
+        self._check_batch(batch, stage)
+        session, responses = batch["session"], batch["responses"]
+        mask = batch.get("mask")
+        if stage == "train":
+            flat = batch["behaviour"].detach().flatten(0, 1).double()
+            self.behaviour_sum += flat.sum(0)
+            self.behaviour_count += flat.shape[0]
+        rates = self(batch["stimulus"], batch["behaviour"], session)
+        loss = self.loss(rates.float(), responses.float(), mask)
+        total = loss + self.readout_l1 * self.readouts[session].regularizer() if self.readout_l1 else loss
+        if stage == "train":
+            self.loss_terms = {"poisson": loss.detach()}
+        self.log(f"{stage}/loss", total, on_step=stage == "train", on_epoch=True, prog_bar=stage != "train")
+        with torch.no_grad():
+            keep = response_mask(responses, mask, self.burn_in)
+            metrics = self.metrics[f"{stage}_metrics"]
+            observed = {"model": rates}
+            if "rates" in batch:
+                observed["oracle"] = batch["rates"]
+            if f"{session}__ablated" in metrics:
+                mean = self.behaviour_mean.to(batch["behaviour"]).expand_as(batch["behaviour"])
+                observed["ablated"] = self(batch["stimulus"], mean, session)
+            for kind, predicted in observed.items():
+                pair = metrics[f"{session}__{kind}"]
+                pair["corr"].update(predicted.float(), responses.float(), keep)
+                pair["bits"].update(predicted.float(), responses.float(), keep)
+        return total
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        metrics = self.metrics[f"{stage}_metrics"]
+        values: dict[str, dict[str, list[Tensor]]] = {}
+        spikes_weighted: dict[str, list[tuple[Tensor, Tensor]]] = {}
+        with warnings.catch_warnings():  # a session without batches this epoch: left out below
+            warnings.filterwarnings("ignore", message=".*before the ``update``.*")
+            for key, pair in metrics.items():
+                session, kind = key.split("__")
+                if not bool(pair["bits"].count.sum() > 0):
+                    pair["corr"].reset()
+                    pair["bits"].reset()
+                    continue
+                corr = pair["corr"].compute()
+                bits = pair["bits"].compute()
+                values.setdefault(kind, {}).setdefault("corr", []).append(corr)
+                spikes_weighted.setdefault(kind, []).append((bits, pair["bits"].spikes.sum()))
+                if kind == "model":
+                    self.log(f"{stage}/{session}/corr", corr.nanmean())
+                    self.log(f"{stage}/{session}/bits_per_spike", bits)
+                pair["corr"].reset()
+                pair["bits"].reset()
+        summary: dict[str, Tensor] = {}
+        for kind, parts in values.items():
+            summary[f"{kind}/corr"] = torch.cat(parts["corr"]).nanmean()
+            bits, spikes = zip(*spikes_weighted[kind], strict=True)
+            summary[f"{kind}/bits"] = (torch.stack(bits) * torch.stack(spikes)).sum() / torch.stack(spikes).sum()
+        if "model/corr" not in summary:
+            return
+        logged = {"corr": summary["model/corr"], "bits_per_spike": summary["model/bits"]}
+        if "oracle/corr" in summary:
+            logged["oracle_corr"] = summary["oracle/corr"]
+            logged["oracle_fraction"] = summary["model/corr"] / summary["oracle/corr"]
+        if "ablated/corr" in summary:
+            logged["ablated/corr"] = summary["ablated/corr"]
+            logged["ablated/bits_per_spike"] = summary["ablated/bits"]
+            logged["behaviour_gain/corr"] = summary["model/corr"] - summary["ablated/corr"]
+            logged["behaviour_gain/bits_per_spike"] = summary["model/bits"] - summary["ablated/bits"]
+        for name, value in logged.items():
+            if torch.isfinite(value):
+                self.log(
+                    f"{stage}/{name}", value.float(), prog_bar=stage == "val" and name in ("corr", "oracle_fraction")
+                )
+
+    @override
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    @override
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "val")
+
+    @override
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "test")
+
+    @override
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    @override
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor | str]:
+        """Predicted rates of a batch of windows of one session, one row per scored bin and neuron.
+
+        Args:
+            batch: A :data:`~mslightning.data.RecordingsBatch` (``"start"``: each window's first
+                time bin, optional).
+            batch_idx: Index of the batch.
+
+        Returns:
+            Columns for :class:`~mslightning.callbacks.PredictionTableWriter`: ``session`` (the
+            batch's, one string), ``time_bin`` (the bin in the session's recording when the
+            batch has ``start``, else within the window), ``neuron``, ``rate`` (predicted) and
+            ``response`` (observed), each ``(B * (T - burn_in) * N,)``; the burn-in bins are
+            left out.
+        """
+        self._check_batch(batch, "predict")
+        rates = self(batch["stimulus"], batch["behaviour"], batch["session"])[:, self.burn_in :]
+        size, steps, neurons = rates.shape
+        offset = torch.arange(self.burn_in, self.burn_in + steps, device=rates.device).view(1, steps, 1)
+        start = batch.get("start")
+        time_bin = offset + (start.view(size, 1, 1) if start is not None else 0)
+        return {
+            "session": batch["session"],
+            "time_bin": time_bin.expand(size, steps, neurons).reshape(-1),
+            "neuron": torch.arange(neurons, device=rates.device).expand(size, steps, neurons).reshape(-1),
+            "rate": rates.reshape(-1).float(),
+            "response": batch["responses"][:, self.burn_in :].reshape(-1).float(),
+        }
+
+
+def _built(obj: Any, kind: type) -> Any:
+    if not isinstance(obj, kind):
+        raise ValueError(
+            f"expected an mslightning.nn {kind.__name__}, got {type(obj).__module__}.{type(obj).__name__}."
+        )
+    return obj
