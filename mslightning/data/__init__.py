@@ -1,11 +1,12 @@
-"""LightningDataModules for multi-stream data.
+"""LightningDataModules for the three model families, and the HDF5 access they share.
 
-Every datamodule here yields batches ``(inputs, target)``: ``inputs`` maps each stream name to a
-float32 tensor ``(B, C, H, W)``, ``target`` is an int64 tensor ``(B,)``
-(see :data:`~mslightning.data.synthetic.StreamBatch`).
-The Photo Triage datamodules are the exception: they yield pair dicts
-(:data:`~mslightning.data.photo_triage.PairBatch`) and whole series for prediction
-(:data:`~mslightning.data.photo_triage.SeriesBatch`).
+* Classification: batches ``(inputs, target)``, ``inputs`` stream name -> float32 ``(B, C, H, W)``,
+  ``target`` int64 ``(B,)`` (:data:`~mslightning.data.synthetic.StreamBatch`).
+* Siamese ranking (Photo Triage): pair dicts (:data:`~mslightning.data.photo_triage.PairBatch`)
+  and whole series for prediction (:data:`~mslightning.data.photo_triage.SeriesBatch`).
+* Neural recordings: windows of one session
+  (:data:`~mslightning.data.recordings.RecordingsBatch`), read lazily per process from HDF5
+  (:class:`~mslightning.data.hdf5.LazyHDF5`).
 """
 
 from mslightning.data.hdf5 import LazyHDF5
