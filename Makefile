@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo demo-siamese demo-groups test lint bench install clean
+.PHONY: demo demo-siamese demo-convgru demo-groups test lint bench install clean
 
 # Re-install whenever pyproject.toml changes (the stamp is older than it).
 $(INSTALLED): pyproject.toml
@@ -29,6 +29,12 @@ demo-siamese: $(INSTALLED)
 	$(VENV)/bin/mslightning fit --config $(SIAMESE_CONFIG)
 	$(VENV)/bin/mslightning validate --config $(SIAMESE_CONFIG) --ckpt_path best
 	$(VENV)/bin/mslightning predict --config $(SIAMESE_CONFIG) --ckpt_path best
+
+CONVGRU_CONFIG := configs/convgru/synthetic.yaml
+demo-convgru: $(INSTALLED)
+	$(VENV)/bin/mslightning fit --config $(CONVGRU_CONFIG)
+	$(VENV)/bin/mslightning validate --config $(CONVGRU_CONFIG) --ckpt_path best
+	$(VENV)/bin/mslightning predict --config $(CONVGRU_CONFIG) --ckpt_path best
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q
