@@ -223,8 +223,13 @@ class BitsPerSpike(Metric):
         return self.model_ll - null_ll
 
     def compute(self) -> Tensor:
-        """Bits per spike pooled over neurons (NaN if no spike was seen), 0-dim float32."""
+        """Bits per spike pooled over neurons (NaN if no spike was seen), 0-dim float32.
+
+        Also sets :attr:`total_spikes`, the (synchronised) spike count behind the value, to pool
+        several sessions' values weighted by their spikes.
+        """
         spikes = self.spikes.sum()
+        self.total_spikes = spikes.clone()
         if spikes <= 0:
             return torch.tensor(float("nan"), device=self.device)
         return (self._gain().sum() / (spikes * math.log(2))).float()

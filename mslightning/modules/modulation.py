@@ -252,18 +252,21 @@ class ModulatedResponseModel(GroupedOptimizationModule):
         metrics = self.metrics[f"{stage}_metrics"]
         values: dict[str, dict[str, list[Tensor]]] = {}
         spikes_weighted: dict[str, list[tuple[Tensor, Tensor]]] = {}
-        with warnings.catch_warnings():  # a session without batches this epoch: left out below
+        with warnings.catch_warnings():  # a session without batches this epoch: NaN, left out below
             warnings.filterwarnings("ignore", message=".*before the ``update``.*")
+            warnings.filterwarnings("ignore", message=".*invalid value encountered.*")
             for key, pair in metrics.items():
                 session, kind = key.split("__")
-                if not bool(pair["bits"].count.sum() > 0):
+                # compute on every rank (it synchronises), then leave out what saw no spike anywhere
+                corr = pair["corr"].compute()
+                bits = pair["bits"].compute()
+                spikes = pair["bits"].total_spikes
+                if not torch.isfinite(bits):
                     pair["corr"].reset()
                     pair["bits"].reset()
                     continue
-                corr = pair["corr"].compute()
-                bits = pair["bits"].compute()
                 values.setdefault(kind, {}).setdefault("corr", []).append(corr)
-                spikes_weighted.setdefault(kind, []).append((bits, pair["bits"].spikes.sum()))
+                spikes_weighted.setdefault(kind, []).append((bits, spikes))
                 if kind == "model":
                     self.log(f"{stage}/{session}/corr", corr.nanmean())
                     self.log(f"{stage}/{session}/bits_per_spike", bits)

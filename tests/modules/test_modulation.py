@@ -193,3 +193,8 @@ def test_bad_arguments() -> None:
         _model(sessions={"s1": 0})
     with pytest.raises(ValueError, match="stream name 'a.b' is not valid"):
         _model(sessions={"a.b": 3})
+
+
+def test_a_session_without_batches_in_the_epoch_is_left_out(tmp_path) -> None:
+    (logged,) = _trainer(tmp_path).validate(_model(), _loader(_batch("s1", 0)), verbose=False)
+    assert "val/s1/corr" in logged and "val/s2/corr" not in logged and "val/corr" in logged
