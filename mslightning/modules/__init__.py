@@ -4,7 +4,7 @@ Multi-stream classification, Siamese pairwise ranking, and neural responses to v
 behaviour (ConvGRU).
 """
 
-from mslightning.modules.base import GroupedOptimizationModule
+from mslightning.modules.base import GroupedOptimizationModule, StagedSteps
 from mslightning.modules.classifier import DualStreamClassifier, MultiStreamClassifier
 from mslightning.modules.modulation import ModulatedResponseModel
 from mslightning.modules.pathways import PathwayReport, pathway_report, shapley_values
@@ -17,6 +17,7 @@ __all__ = [
     "MultiStreamClassifier",
     "PathwayReport",
     "SiameseRanker",
+    "StagedSteps",
     "check_pair_batch",
     "check_series_batch",
     "pathway_report",

@@ -31,7 +31,7 @@ from mslightning.optim import (
 )
 from mslightning.optim.patterns import describe_names
 
-__all__ = ["GroupedOptimizationModule"]
+__all__ = ["GroupedOptimizationModule", "StagedSteps"]
 
 ParamGroups = dict[str, ParamGroup] | list[ParamGroup]
 """Named groups as a mapping name -> group (YAML's form) or as a list of named groups."""
@@ -250,6 +250,46 @@ class GroupedOptimizationModule(pl.LightningModule):
                 "(and, when resuming fit, the optimizer's per-group hyper-parameters) come from the checkpoint; "
                 "every other setting is this model's:\n  " + "\n  ".join(changed)
             )
+
+
+class StagedSteps:
+    """Mixin: the train/val/test steps and epoch ends, each routed to one stage-aware method.
+
+    The families compute the same things in every stage, so a module implements
+    ``_shared_step(batch, stage)`` (``stage``: ``"train"``, ``"val"`` or ``"test"``) and,
+    when it logs epoch metrics itself, ``_log_epoch_metrics(stage)``; this mixin (listed before
+    the LightningModule base) provides the six Lightning hooks that call them.
+    """
+
+    def _shared_step(self, batch: Any, stage: str) -> Any:
+        raise NotImplementedError
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        """Log a stage's epoch metrics; nothing by default."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        """Lightning hook: ``_shared_step(batch, "train")``."""
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        """Lightning hook: ``_shared_step(batch, "val")``."""
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> Any:
+        """Lightning hook: ``_shared_step(batch, "test")``."""
+        return self._shared_step(batch, "test")
+
+    def on_train_epoch_end(self) -> None:
+        """Lightning hook: ``_log_epoch_metrics("train")``."""
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        """Lightning hook: ``_log_epoch_metrics("val")``."""
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        """Lightning hook: ``_log_epoch_metrics("test")``."""
+        self._log_epoch_metrics("test")
 
 
 def _mark_loaded(module: torch.nn.Module, incompatible_keys: Any) -> None:

@@ -14,7 +14,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from mslightning.modules.base import GroupedOptimizationModule, ParamGroups
+from mslightning.modules.base import GroupedOptimizationModule, ParamGroups, StagedSteps
 from mslightning.modules.pathways import PathwayReport, pathway_report
 from mslightning.nn import ConcatFusion, Fusion, ResNetStreamEncoder, StreamHeads
 from mslightning.optim import ParamGroup
@@ -28,7 +28,7 @@ FUSED = "fused"
 SHARED_PARTS = ("fusion", "head", FUSED)
 
 
-class MultiStreamClassifier(GroupedOptimizationModule):
+class MultiStreamClassifier(StagedSteps, GroupedOptimizationModule):
     """N named image streams -> one ResNet trunk each -> fusion -> classifier, plus aux heads.
 
     Parameter names: ``encoders.<stream>.*`` (torchvision ResNet names inside),
@@ -273,18 +273,6 @@ class MultiStreamClassifier(GroupedOptimizationModule):
             "stream_logits": {name: logits.detach() for name, logits in stream_logits.items()},
             "target": target,
         }
-
-    @override
-    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
-        return self._shared_step(batch, "train")
-
-    @override
-    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
-        return self._shared_step(batch, "val")
-
-    @override
-    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
-        return self._shared_step(batch, "test")
 
     @override
     def predict_step(self, batch: Batch | Mapping[str, Tensor], batch_idx: int) -> Tensor:

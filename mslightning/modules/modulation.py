@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from mslightning.metrics import BitsPerSpike, MaskedPearsonCorrCoef
-from mslightning.modules.base import GroupedOptimizationModule, ParamGroups
+from mslightning.modules.base import GroupedOptimizationModule, ParamGroups, StagedSteps
 from mslightning.nn import ConcatModulator, ConvGRU, GaussianReadout, MaskedPoissonLoss, ResidualCore, response_mask
 from mslightning.nn.modulators import Modulator
 from mslightning.nn.readouts import Readout
@@ -29,7 +29,7 @@ DEFAULT_RECURRENT = partial(ConvGRU, hidden_channels=32)
 BATCH_KEYS = ("session", "stimulus", "behaviour", "responses")
 
 
-class ModulatedResponseModel(GroupedOptimizationModule):
+class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
     """Predict neural responses to a video from its frames and the animal's behaviour over time.
 
     Per time step, a convolutional ``core`` encodes the frame; the ``modulator`` mixes the
@@ -293,30 +293,6 @@ class ModulatedResponseModel(GroupedOptimizationModule):
                 self.log(
                     f"{stage}/{name}", value.float(), prog_bar=stage == "val" and name in ("corr", "oracle_fraction")
                 )
-
-    @override
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train")
-
-    @override
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "val")
-
-    @override
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "test")
-
-    @override
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch_metrics("train")
-
-    @override
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val")
-
-    @override
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
 
     @override
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor | str]:

@@ -15,7 +15,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from typing_extensions import override
 
 from mslightning.metrics import SeriesKendallTau
-from mslightning.modules.base import GroupedOptimizationModule, ParamGroups
+from mslightning.modules.base import GroupedOptimizationModule, ParamGroups, StagedSteps
 from mslightning.nn import (
     ImageTrunk,
     PairCrossEntropyLoss,
@@ -125,7 +125,7 @@ def check_series_batch(batch: Any, owner: str = "SiameseRanker", dtype: torch.dt
             raise ValueError(f"{owner}: batch[{name!r}] must be a ({size},) integer tensor, got {shape}.")
 
 
-class SiameseRanker(GroupedOptimizationModule):
+class SiameseRanker(StagedSteps, GroupedOptimizationModule):
     """Which of two inputs is better: a shared image trunk, a pairwise head, a preference loss.
 
     The trunk runs **once** on the ``2B`` images of a batch of ``B`` pairs (``a`` and ``b``
@@ -317,8 +317,9 @@ class SiameseRanker(GroupedOptimizationModule):
         keys = ("series", "index_a", "index_b", "ratio")
         parts: dict[str, list[Tensor]] = {key: [] for key in (*keys, "probability")}
         try:
-            for batch in dataloader:
-                check_pair_batch(batch, type(self).__name__)
+            for index, batch in enumerate(dataloader):
+                if index == 0:  # once: the check reads the ratios' range (a host sync)
+                    check_pair_batch(batch, type(self).__name__)
                 a, b = (batch[name].to(self.device, self.dtype) for name in ("a", "b"))
                 parts["probability"].append(self.preference(a, b).float().cpu())
                 for key in keys:
@@ -398,30 +399,6 @@ class SiameseRanker(GroupedOptimizationModule):
         for key, value in values.items():
             if torch.isfinite(value):
                 self.log(key, value, prog_bar=stage == "val" and key != f"{stage}/log_loss")
-
-    @override
-    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train")
-
-    @override
-    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "val")
-
-    @override
-    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "test")
-
-    @override
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch_metrics("train")
-
-    @override
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val")
-
-    @override
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
 
     @override
     def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
