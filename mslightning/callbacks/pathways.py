@@ -1,7 +1,7 @@
 """PathwayAnalysis: stream ablation every N epochs.
 
-Runs a module's stream-ablation analysis every N epochs and logs accuracies alone/together,
-Shapley values and utilisation rates.
+Runs a module's stream-ablation analysis every N epochs and logs its score (accuracy, response
+correlation, ...) with streams alone and together, Shapley values and utilisation rates.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ class PathwayAnalyzable(Protocol):
     def analyze_pathways(self, dataloader: Any, reference_dataloader: Any) -> Any:
         """Measure each stream's contribution on ``dataloader``.
 
-        Returns a report with ``accuracy_all``, ``accuracy_none``, ``accuracy_alone``,
-        ``shapley`` and ``utilization`` (keys ``"m|n"``) fields.
+        Returns a report (such as :class:`~mslightning.modules.PathwayReport`) with ``score_all``,
+        ``score_none``, ``score_alone``, ``shapley`` and ``utilization`` (keys ``"m|n"``) fields,
+        and optionally ``metric`` (the score's name, default ``"accuracy"``) and ``extra`` (a
+        mapping of further figures).
         """
         ...
 
@@ -50,9 +52,11 @@ class PathwayAnalysis(EpochEndCallback):
 
     Calls ``pl_module.analyze_pathways(dataloader, reference_dataloader)`` at the end of every
     ``every_n_epochs``-th training epoch with the first validation dataloader and, as the
-    reference (whose mean features stand in for an ablated stream), the training dataloader.
-    The module decides how it ablates (:class:`mslightning.modules.MultiStreamClassifier` uses
-    reference-mean features); the call runs under ``torch.no_grad()`` and the module's train
+    reference (whose mean stands in for an ablated stream), the training dataloader. The module
+    decides how it ablates and what it scores (:class:`mslightning.modules.MultiStreamClassifier`:
+    accuracy, with reference-mean features; :class:`mslightning.modules.ModulatedResponseModel`:
+    response correlation, with the frames or the behaviour replaced by their training mean, and
+    bits per spike as extras); the call runs under ``torch.no_grad()`` and the module's train
     mode flags are restored afterwards. Every rank runs it on its own shard; the numbers are
     averaged over ranks (a collective on every rank) before logging, so they are identical
     everywhere.
@@ -67,15 +71,16 @@ class PathwayAnalysis(EpochEndCallback):
         ValueError: If ``every_n_epochs`` < 1 or ``prefix`` is malformed.
         TypeError: At setup, if the module has no ``analyze_pathways`` method.
 
-    Logged metrics (``<p>`` is ``prefix``, ``<s>``, ``<m>``, ``<n>`` are streams), at
-    ``step = trainer.global_step``:
+    Logged metrics (``<p>`` is ``prefix``, ``<score>`` the report's ``metric``, e.g.
+    ``accuracy``; ``<s>``, ``<m>``, ``<n>`` are streams), at ``step = trainer.global_step``:
 
-    * ``<p>/accuracy_all``: accuracy with every stream.
-    * ``<p>/accuracy_none``: accuracy with every stream ablated (chance level).
-    * ``<p>/accuracy_alone/<s>``: accuracy keeping stream s only.
-    * ``<p>/shapley/<s>``: Shapley value of s for accuracy (they sum to all - none).
+    * ``<p>/<score>_all``: the score with every stream.
+    * ``<p>/<score>_none``: the score with every stream ablated (chance level).
+    * ``<p>/<score>_alone/<s>``: the score keeping stream s only.
+    * ``<p>/shapley/<s>``: Shapley value of s for the score (they sum to all - none).
     * ``<p>/utilization/<m>_given_<n>``: conditional utilisation rate
-      ``u(m|n) = (A(m, n) - A(n)) / A(m, n)`` (Wu et al., ICML 2022).
+      ``u(m|n) = (S(m, n) - S(n)) / S(m, n)`` (Wu et al., ICML 2022).
+    * ``<p>/<key>`` for every ``key`` of the report's ``extra``.
 
     :attr:`history` keeps ``[(epoch, value), ...]`` per key; :attr:`latest` the last report.
     """
@@ -91,7 +96,6 @@ class PathwayAnalysis(EpochEndCallback):
         self.verbose = verbose
         self.history: dict[str, list[tuple[int, float]]] = {}
         self.latest: Any = None
-        self._streams: list[str] = []
         self._no_val_reported = False
 
     @property
@@ -105,12 +109,9 @@ class PathwayAnalysis(EpochEndCallback):
         if stage == TrainerFn.FITTING and not callable(getattr(pl_module, "analyze_pathways", None)):
             raise TypeError(
                 f"PathwayAnalysis needs {type(pl_module).__name__}.analyze_pathways(dataloader, "
-                "reference_dataloader) returning a report with accuracy_all, accuracy_none, accuracy_alone, "
+                "reference_dataloader) returning a report with score_all, score_none, score_alone, "
                 "shapley and utilization; the module has no such method."
             )
-        streams = getattr(pl_module, "stream_patterns", None) or getattr(pl_module, "streams", None)
-        if isinstance(streams, Mapping):
-            self._streams = [str(s) for s in streams]
 
     def custom_scalar_layout(self) -> Layout:
         """The pathway charts of the custom-scalars dashboard.
@@ -121,9 +122,7 @@ class PathwayAnalysis(EpochEndCallback):
         p = re.escape(self.prefix)
         return {
             f"{self.prefix}: stream ablation": {
-                "accuracy": multiline(
-                    [f"{p}/accuracy_all", f"{p}/accuracy_none", f"{p}/accuracy_alone/.*"], regex=True
-                ),
+                "score": multiline([f"{p}/[^/]+_all", f"{p}/[^/]+_none", f"{p}/[^/]+_alone/.*"], regex=True),
                 "shapley": multiline([f"{p}/shapley/.*"], regex=True),
                 "utilization": multiline([f"{p}/utilization/.*"], regex=True),
             }
@@ -135,14 +134,19 @@ class PathwayAnalysis(EpochEndCallback):
 
     def _flatten(self, report: Any) -> dict[str, float]:
         p = self.prefix
-        flat = {f"{p}/accuracy_all": float(report.accuracy_all), f"{p}/accuracy_none": float(report.accuracy_none)}
-        flat.update({f"{p}/accuracy_alone/{s}": float(v) for s, v in _check_mapping(report, "accuracy_alone").items()})
+        metric = getattr(report, "metric", "accuracy")
+        if not isinstance(metric, str) or not metric or "/" in metric:
+            raise ValueError(f"analyze_pathways() returned a report whose metric is {metric!r}; expected a name.")
+        flat = {f"{p}/{metric}_all": float(report.score_all), f"{p}/{metric}_none": float(report.score_none)}
+        flat.update({f"{p}/{metric}_alone/{s}": float(v) for s, v in _check_mapping(report, "score_alone").items()})
         flat.update({f"{p}/shapley/{s}": float(v) for s, v in _check_mapping(report, "shapley").items()})
         for pair, value in _check_mapping(report, "utilization").items():
             m, sep, n = str(pair).partition("|")
             if not sep:
                 raise ValueError(f"utilization keys must read 'm|n', got {pair!r}.")
             flat[f"{p}/utilization/{m}_given_{n}"] = float(value)
+        if getattr(report, "extra", None) is not None:
+            flat.update({f"{p}/{key}": float(value) for key, value in _check_mapping(report, "extra").items()})
         return flat
 
     @override

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -14,6 +16,7 @@ from typing_extensions import override
 
 from mslightning.metrics import BitsPerSpike, MaskedPearsonCorrCoef
 from mslightning.modules.base import GroupedOptimizationModule, ParamGroups, StagedSteps
+from mslightning.modules.pathways import PathwayReport
 from mslightning.nn import ConcatModulator, ConvGRU, GaussianReadout, MaskedPoissonLoss, ResidualCore, response_mask
 from mslightning.nn.modulators import Modulator
 from mslightning.nn.readouts import Readout
@@ -27,6 +30,8 @@ DEFAULT_CORE = partial(ResidualCore, channels=(16, 32))
 DEFAULT_RECURRENT = partial(ConvGRU, hidden_channels=32)
 """A ConvGRU with 32 hidden channels and no options."""
 BATCH_KEYS = ("session", "stimulus", "behaviour", "responses")
+INPUTS = ("stimulus", "behaviour")
+"""The inputs whose contributions :meth:`ModulatedResponseModel.analyze_pathways` measures."""
 
 
 class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
@@ -57,10 +62,13 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
     * With true rates in the batch (synthetic data): ``<stage>/oracle_corr`` (the true rates'
       correlation with the spikes, the ceiling) and ``<stage>/oracle_fraction`` = ``corr /
       oracle_corr``.
-    * ``val``/``test`` only, with a modulator: ``<stage>/ablated/corr``,
-      ``<stage>/ablated/bits_per_spike`` — the same model with the behaviour replaced by its
-      training mean — and ``<stage>/behaviour_gain/corr`` and ``.../bits_per_spike``, the
-      difference: what behaviour contributes.
+
+    What behaviour contributes: :meth:`analyze_pathways` scores the model with the frames or the
+    behaviour replaced by their training mean (the game of the two inputs ``stimulus`` and
+    ``behaviour``); :class:`~mslightning.callbacks.PathwayAnalysis` runs it every N epochs and
+    logs ``pathways/corr_all``, ``pathways/corr_alone/stimulus`` (behaviour ablated),
+    ``pathways/shapley/behaviour``, ``pathways/utilization/behaviour_given_stimulus`` (the share
+    of the correlation that behaviour adds), ``pathways/bits_per_spike_alone/stimulus``, ...
 
     Args:
         sessions: Session name -> neuron count (linked from the data by the CLI).
@@ -148,14 +156,10 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
         self.loss = MaskedPoissonLoss(burn_in)
         modulator_patterns = ["recurrent.*", *(["modulator.*"] if self.modulator is not None else [])]
         self.stream_patterns = {"core": ["core.*"], "modulator": modulator_patterns, "readout": ["readouts.*"]}
-        # behaviour's training mean, the stand-in when behaviour is ablated
-        self.register_buffer("behaviour_sum", torch.zeros(behaviour_dim, dtype=torch.float64))
-        self.register_buffer("behaviour_count", torch.zeros((), dtype=torch.float64))
-        self.metrics = nn.ModuleDict({f"{stage}_metrics": self._session_metrics(stage) for stage in STAGES})
+        self.metrics = nn.ModuleDict({f"{stage}_metrics": self._session_metrics() for stage in STAGES})
         self._checked_stages: set[str] = set()
 
-    def _session_metrics(self, stage: str) -> nn.ModuleDict:
-        kinds = ["model", "oracle"] + (["ablated"] if stage != "train" and self.modulator is not None else [])
+    def _session_metrics(self, kinds: tuple[str, ...] = ("model", "oracle")) -> nn.ModuleDict:
         return nn.ModuleDict(
             {
                 f"{session}__{kind}": nn.ModuleDict({"corr": MaskedPearsonCorrCoef(n), "bits": BitsPerSpike(n)})
@@ -163,11 +167,6 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
                 for kind in kinds
             }
         )
-
-    @property
-    def behaviour_mean(self) -> Tensor:
-        """The mean behaviour vector seen in training, ``(D,)`` (zeros before any training step)."""
-        return (self.behaviour_sum / self.behaviour_count.clamp(min=1)).float()
 
     @override
     def forward(self, stimulus: Tensor, behaviour: Tensor, session: str) -> Tensor:
@@ -223,10 +222,6 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
         self._check_batch(batch, stage)
         session, responses = batch["session"], batch["responses"]
         mask = batch.get("mask")
-        if stage == "train":
-            flat = batch["behaviour"].detach().flatten(0, 1).double()
-            self.behaviour_sum += flat.sum(0)
-            self.behaviour_count += flat.shape[0]
         rates = self(batch["stimulus"], batch["behaviour"], session)
         loss = self.loss(rates.float(), responses.float(), mask)
         total = loss + self.readout_l1 * self.readouts[session].regularizer() if self.readout_l1 else loss
@@ -239,9 +234,6 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
             observed = {"model": rates}
             if "rates" in batch:
                 observed["oracle"] = batch["rates"]
-            if f"{session}__ablated" in metrics:
-                mean = self.behaviour_mean.to(batch["behaviour"]).expand_as(batch["behaviour"])
-                observed["ablated"] = self(batch["stimulus"], mean, session)
             for kind, predicted in observed.items():
                 pair = metrics[f"{session}__{kind}"]
                 pair["corr"].update(predicted.float(), responses.float(), keep)
@@ -250,49 +242,106 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
 
     def _log_epoch_metrics(self, stage: str) -> None:
         metrics = self.metrics[f"{stage}_metrics"]
-        values: dict[str, dict[str, list[Tensor]]] = {}
-        spikes_weighted: dict[str, list[tuple[Tensor, Tensor]]] = {}
-        with warnings.catch_warnings():  # a session without batches this epoch: NaN, left out below
-            warnings.filterwarnings("ignore", message=".*before the ``update``.*")
-            warnings.filterwarnings("ignore", message=".*invalid value encountered.*")
-            for key, pair in metrics.items():
-                session, kind = key.split("__")
-                # compute on every rank (it synchronises), then leave out what saw no spike anywhere
-                corr = pair["corr"].compute()
-                bits = pair["bits"].compute()
-                spikes = pair["bits"].total_spikes
-                if not torch.isfinite(bits):
-                    pair["corr"].reset()
-                    pair["bits"].reset()
-                    continue
-                values.setdefault(kind, {}).setdefault("corr", []).append(corr)
-                spikes_weighted.setdefault(kind, []).append((bits, spikes))
-                if kind == "model":
-                    self.log(f"{stage}/{session}/corr", corr.nanmean())
-                    self.log(f"{stage}/{session}/bits_per_spike", bits)
-                pair["corr"].reset()
-                pair["bits"].reset()
-        summary: dict[str, Tensor] = {}
-        for kind, parts in values.items():
-            summary[f"{kind}/corr"] = torch.cat(parts["corr"]).nanmean()
-            bits, spikes = zip(*spikes_weighted[kind], strict=True)
-            summary[f"{kind}/bits"] = (torch.stack(bits) * torch.stack(spikes)).sum() / torch.stack(spikes).sum()
-        if "model/corr" not in summary:
+        summary = {kind: _epoch_scores(metrics, kind) for kind in ("model", "oracle")}
+        model_scores = summary["model"]
+        if model_scores is None:
             return
-        logged = {"corr": summary["model/corr"], "bits_per_spike": summary["model/bits"]}
-        if "oracle/corr" in summary:
-            logged["oracle_corr"] = summary["oracle/corr"]
-            logged["oracle_fraction"] = summary["model/corr"] / summary["oracle/corr"]
-        if "ablated/corr" in summary:
-            logged["ablated/corr"] = summary["ablated/corr"]
-            logged["ablated/bits_per_spike"] = summary["ablated/bits"]
-            logged["behaviour_gain/corr"] = summary["model/corr"] - summary["ablated/corr"]
-            logged["behaviour_gain/bits_per_spike"] = summary["model/bits"] - summary["ablated/bits"]
+        for session, (corr, bits) in model_scores.sessions.items():
+            self.log(f"{stage}/{session}/corr", corr)
+            self.log(f"{stage}/{session}/bits_per_spike", bits)
+        logged = {"corr": model_scores.corr, "bits_per_spike": model_scores.bits_per_spike}
+        oracle = summary["oracle"]
+        if oracle is not None:
+            logged["oracle_corr"] = oracle.corr
+            logged["oracle_fraction"] = model_scores.corr / oracle.corr
         for name, value in logged.items():
             if torch.isfinite(value):
                 self.log(
                     f"{stage}/{name}", value.float(), prog_bar=stage == "val" and name in ("corr", "oracle_fraction")
                 )
+
+    @torch.no_grad()
+    def reference_inputs(self, dataloader: Iterable[Mapping[str, Any]]) -> dict[str, Tensor]:
+        """The mean frame and the mean behaviour over a set of windows: the stand-ins of ablation.
+
+        Args:
+            dataloader: Batches of :data:`~mslightning.data.RecordingsBatch` (the training set).
+
+        Returns:
+            ``{"stimulus": (C, H, W), "behaviour": (D,)}``, float32 on the model's device.
+
+        Raises:
+            ValueError: If ``dataloader`` yields no batch.
+        """
+        sums: dict[str, Tensor] = {}
+        count = 0
+        for batch in dataloader:
+            for key in INPUTS:
+                value = batch[key].to(self.device, torch.float64).flatten(0, 1).sum(0)
+                sums[key] = sums[key] + value if key in sums else value
+            count += batch["behaviour"].shape[0] * batch["behaviour"].shape[1]
+        if not count:
+            raise ValueError(f"{type(self).__name__}.reference_inputs: the reference dataloader yields no batch.")
+        return {key: (total / count).float() for key, total in sums.items()}
+
+    @torch.no_grad()
+    def analyze_pathways(
+        self, dataloader: Iterable[Mapping[str, Any]], reference_dataloader: Iterable[Mapping[str, Any]]
+    ) -> PathwayReport:
+        """What the frames and the behaviour each contribute, by replacing them with their mean.
+
+        The two inputs ``stimulus`` and ``behaviour`` are the players: every subset of them is
+        kept while the others are replaced by their mean over ``reference_dataloader``
+        (:meth:`reference_inputs`), and the response correlation over the whole of
+        ``dataloader`` is the score (as ``<stage>/corr``). ``corr_alone/stimulus`` is the model
+        without behaviour; ``utilization["behaviour|stimulus"]`` the share of the correlation
+        that behaviour adds. Runs in eval mode and restores the previous mode.
+
+        Args:
+            dataloader: Evaluation batches (:data:`~mslightning.data.RecordingsBatch`).
+            reference_dataloader: Batches whose means stand in for an ablated input.
+
+        Returns:
+            The report (``metric="corr"``), with the bits per spike of every subset as extras:
+            ``bits_per_spike_all``, ``bits_per_spike_none`` and ``bits_per_spike_alone/<input>``.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            reference = self.reference_inputs(reference_dataloader)
+            coalitions = [frozenset(kept) for size in range(3) for kept in itertools.combinations(INPUTS, size)]
+            names = {kept: "+".join(sorted(kept)) or "none" for kept in coalitions}
+            metrics = self._session_metrics(tuple(names.values())).to(self.device)
+            for batch in dataloader:
+                self._check_batch(batch, "analysis")
+                session = batch["session"]
+                responses = batch["responses"].to(self.device).float()
+                mask = batch.get("mask")
+                keep = response_mask(responses, None if mask is None else mask.to(self.device), self.burn_in)
+                inputs = {key: batch[key].to(self.device) for key in INPUTS}
+                for kept in coalitions:
+                    given = {
+                        key: value if key in kept else reference[key].to(value).expand_as(value)
+                        for key, value in inputs.items()
+                    }
+                    rates = self(given["stimulus"], given["behaviour"], session).float()
+                    pair = metrics[f"{session}__{names[kept]}"]
+                    pair["corr"].update(rates, responses, keep)
+                    pair["bits"].update(rates, responses, keep)
+            scores = {kept: _epoch_scores(metrics, names[kept]) for kept in coalitions}
+        finally:
+            self.train(was_training)
+        if any(score is None for score in scores.values()):
+            raise ValueError(
+                f"{type(self).__name__}.analyze_pathways: the dataloader yields no scored time bin with a spike "
+                "(after the burn-in and the mask)."
+            )
+        extra = {"bits_per_spike_all": float(scores[frozenset(INPUTS)].bits_per_spike)}
+        extra["bits_per_spike_none"] = float(scores[frozenset()].bits_per_spike)
+        extra.update({f"bits_per_spike_alone/{key}": float(scores[frozenset((key,))].bits_per_spike) for key in INPUTS})
+        return PathwayReport.from_scores(
+            INPUTS, {kept: float(score.corr) for kept, score in scores.items()}, metric="corr", extra=extra
+        )
 
     @override
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor | str]:
@@ -323,6 +372,43 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
             "rate": rates.reshape(-1).float(),
             "response": batch["responses"][:, self.burn_in :].reshape(-1).float(),
         }
+
+
+@dataclass
+class _Scores:
+    sessions: dict[str, tuple[Tensor, Tensor]]
+    """Session -> (mean correlation over its neurons, bits per spike)."""
+    corr: Tensor
+    """Mean correlation over every neuron of every session."""
+    bits_per_spike: Tensor
+    """Bits per spike over all sessions, each weighted by its spike count."""
+
+
+def _epoch_scores(metrics: nn.ModuleDict, kind: str) -> _Scores | None:
+    """Compute and reset the ``<session>__<kind>`` metrics; None if no session saw a spike.
+
+    Computed on every rank (it synchronises); a session without scored spikes anywhere is left out.
+    """
+    sessions: dict[str, tuple[Tensor, Tensor]] = {}
+    correlations, weighted = [], []
+    with warnings.catch_warnings():  # a session without batches this epoch: NaN, left out below
+        warnings.filterwarnings("ignore", message=".*before the ``update``.*")
+        warnings.filterwarnings("ignore", message=".*invalid value encountered.*")
+        for key, pair in metrics.items():
+            session, pair_kind = key.split("__")
+            if pair_kind != kind:
+                continue
+            corr, bits, spikes = pair["corr"].compute(), pair["bits"].compute(), pair["bits"].total_spikes
+            pair["corr"].reset()
+            pair["bits"].reset()
+            if torch.isfinite(bits):
+                sessions[session] = (corr.nanmean(), bits)
+                correlations.append(corr)
+                weighted.append((bits, spikes))
+    if not sessions:
+        return None
+    bits, spikes = (torch.stack(values) for values in zip(*weighted, strict=True))
+    return _Scores(sessions, torch.cat(correlations).nanmean(), (bits * spikes).sum() / spikes.sum())
 
 
 def _built(obj: Any, kind: type) -> Any:

@@ -1,7 +1,8 @@
-"""Stream contribution by ablation: accuracies per stream subset, Shapley values, utilisation.
+"""Stream contribution by ablation: a score per subset of kept streams, Shapley values, utilisation.
 
-A stream is *ablated* by replacing its pooled features with their mean over a reference
-(training) set, not with zeros: zero features are far out of the distribution the fusion and
+A stream is *ablated* by replacing it with its mean over a reference (training) set: the
+classifier replaces a stream's pooled features, :class:`~mslightning.modules.ModulatedResponseModel`
+an input (the frames, or the behaviour). Not zeros: zero features are far out of the distribution the fusion and
 head were trained on (BatchNorm-normalised ReLU features are positive with a non-zero mean),
 so a zero-ablation measures the damage of an impossible input rather than the loss of the
 stream's information.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -59,32 +60,80 @@ def shapley_values(streams: Sequence[str], value: Mapping[Coalition, float]) -> 
 
 @dataclass
 class PathwayReport:
-    """Accuracies with stream subsets ablated, Shapley values and utilisation rates.
+    """A score with stream subsets ablated, Shapley values and utilisation rates.
+
+    The score is the module's: accuracy for the classifier, the response correlation for
+    :class:`~mslightning.modules.ModulatedResponseModel`; :attr:`metric` names it.
 
     Attributes:
-        accuracy_all: Accuracy with every stream.
-        accuracy_none: Accuracy with every stream replaced by its reference mean.
-        accuracy_alone: Stream -> accuracy when only that stream is kept.
-        shapley: Stream -> Shapley value of accuracy (they sum to all - none).
+        score_all: The score with every stream.
+        score_none: The score with every stream replaced by its reference mean.
+        score_alone: Stream -> the score when only that stream is kept.
+        shapley: Stream -> Shapley value of the score (they sum to all - none).
         utilization: ``"m|n"`` -> conditional utilisation rate
-            u(m|n) = (A(m,n) - A(n)) / A(m,n) (Wu et al., ICML 2022): the share of the
-            two-stream accuracy that stream m adds on top of stream n.
-        subsets: ``"rgb+depth"`` -> accuracy, for every subset (``"none"`` for the empty one).
+            u(m|n) = (S(m,n) - S(n)) / S(m,n) (Wu et al., ICML 2022): the share of the
+            two-stream score that stream m adds on top of stream n (0 where S(m,n) <= 0).
+        subsets: ``"rgb+depth"`` -> score, for every subset (``"none"`` for the empty one).
+        metric: The score's name, e.g. ``"accuracy"`` or ``"corr"``.
+        extra: Further figures of the same analysis, e.g. ``{"bits_per_spike_all": 0.2}``.
     """
 
-    accuracy_all: float
-    accuracy_none: float
-    accuracy_alone: dict[str, float]
+    score_all: float
+    score_none: float
+    score_alone: dict[str, float]
     shapley: dict[str, float]
     utilization: dict[str, float]
     subsets: dict[str, float]
+    metric: str = "accuracy"
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_scores(
+        cls,
+        streams: Sequence[str],
+        scores: Mapping[Coalition, float],
+        metric: str = "accuracy",
+        extra: Mapping[str, float] | None = None,
+    ) -> PathwayReport:
+        """The report of a score measured on every subset of kept streams.
+
+        Args:
+            streams: Stream names in model order.
+            scores: The score for every subset of ``streams`` kept (frozensets; the empty one
+                is everything ablated).
+            metric: The score's name.
+            extra: Further figures to carry along.
+
+        Returns:
+            The report.
+
+        Raises:
+            ValueError: If a subset's score is missing.
+        """
+        shapley = shapley_values(streams, scores)
+        utilization = {}
+        for m, n in itertools.permutations(streams, 2):
+            both = scores[frozenset((m, n))]
+            utilization[f"{m}|{n}"] = (both - scores[frozenset((n,))]) / both if both > 0 else 0.0
+        return cls(
+            score_all=scores[frozenset(streams)],
+            score_none=scores[frozenset()],
+            score_alone={m: scores[frozenset((m,))] for m in streams},
+            shapley=shapley,
+            utilization=utilization,
+            subsets={_subset_name(m for m in streams if m in s): v for s, v in scores.items()},
+            metric=metric,
+            extra=dict(extra or {}),
+        )
 
     def to_dict(self) -> dict[str, float]:
         """Flat ``str -> float`` view for logging, e.g. ``{"shapley/rgb": 0.41, ...}``."""
-        flat = {"accuracy/all": self.accuracy_all, "accuracy/none": self.accuracy_none}
-        flat.update({f"accuracy/alone/{m}": v for m, v in self.accuracy_alone.items()})
-        flat.update({f"shapley/{m}": v for m, v in self.shapley.items()})
+        m = self.metric
+        flat = {f"{m}/all": self.score_all, f"{m}/none": self.score_none}
+        flat.update({f"{m}/alone/{s}": v for s, v in self.score_alone.items()})
+        flat.update({f"shapley/{s}": v for s, v in self.shapley.items()})
         flat.update({f"utilization/{pair}": v for pair, v in self.utilization.items()})
+        flat.update(self.extra)
         return flat
 
 
@@ -118,16 +167,4 @@ def pathway_report(
             ablated = {m: features[m] if m in kept else reference_mean[m].expand_as(features[m]) for m in streams}
             logits = classify(ablated)
             accuracy[frozenset(kept)] = (logits.argmax(dim=1) == target).float().mean().item()
-    everything = frozenset(streams)
-    utilization = {}
-    for m, n in itertools.permutations(streams, 2):
-        both = accuracy[frozenset((m, n))]
-        utilization[f"{m}|{n}"] = (both - accuracy[frozenset((n,))]) / both if both > 0 else 0.0
-    return PathwayReport(
-        accuracy_all=accuracy[everything],
-        accuracy_none=accuracy[frozenset()],
-        accuracy_alone={m: accuracy[frozenset((m,))] for m in streams},
-        shapley=shapley_values(streams, accuracy),
-        utilization=utilization,
-        subsets={_subset_name(m for m in streams if m in s): a for s, a in accuracy.items()},
-    )
+    return PathwayReport.from_scores(streams, accuracy, metric="accuracy")

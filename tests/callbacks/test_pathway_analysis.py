@@ -11,9 +11,9 @@ from mslightning.callbacks import PathwayAnalysis, StreamMonitor
 
 @dataclass
 class FakeReport:
-    accuracy_all: float
-    accuracy_none: float
-    accuracy_alone: dict
+    score_all: float
+    score_none: float
+    score_alone: dict
     shapley: dict
     utilization: dict
 
@@ -40,9 +40,9 @@ class StandIn(TwoBranchNet):
         )
         epoch = self.trainer.current_epoch
         return FakeReport(
-            accuracy_all=0.9,
-            accuracy_none=0.25,
-            accuracy_alone={"visible": 0.7, "thermal": 0.5 + 0.01 * epoch},
+            score_all=0.9,
+            score_none=0.25,
+            score_alone={"visible": 0.7, "thermal": 0.5 + 0.01 * epoch},
             shapley={"visible": 0.4, "thermal": 0.25},
             utilization={"visible|thermal": 0.3, "thermal|visible": 0.1},
         )
@@ -68,7 +68,7 @@ def test_runs_every_n_epochs_and_logs_the_report(tmp_path):
     assert scalars["pathways/utilization/thermal_given_visible"][8] == pytest.approx(0.1)
     assert callback.history["pathways/accuracy_alone/thermal"] == [(1, pytest.approx(0.51)), (3, pytest.approx(0.53))]
     charts = layout_charts(read_layout(trainer.logger.log_dir))
-    assert set(charts) == {f"pathways: stream ablation/{c}" for c in ("accuracy", "shapley", "utilization")}
+    assert set(charts) == {f"pathways: stream ablation/{c}" for c in ("score", "shapley", "utilization")}
 
 
 def test_layout_is_merged_with_the_monitor(tmp_path):

@@ -83,12 +83,12 @@ def test_pathway_analysis_on_the_classifier(run):
     trainer, _, _, _, pathways = run
     scalars = read_scalars(trainer.logger.log_dir)
     report = pathways.latest
-    assert scalars["pathways/accuracy_all"][4] == pytest.approx(report.accuracy_all)
+    assert scalars["pathways/accuracy_all"][4] == pytest.approx(report.score_all)
     for s in STREAMS:
         assert scalars[f"pathways/shapley/{s}"][4] == pytest.approx(report.shapley[s], abs=1e-7)
-        assert scalars[f"pathways/accuracy_alone/{s}"][4] == pytest.approx(report.accuracy_alone[s])
+        assert scalars[f"pathways/accuracy_alone/{s}"][4] == pytest.approx(report.score_alone[s])
     assert scalars["pathways/utilization/rgb_given_depth"][4] == pytest.approx(
         report.utilization["rgb|depth"], abs=1e-7
     )
-    assert sum(report.shapley.values()) == pytest.approx(report.accuracy_all - report.accuracy_none, abs=1e-6)
+    assert sum(report.shapley.values()) == pytest.approx(report.score_all - report.score_none, abs=1e-6)
     assert torch.is_grad_enabled()

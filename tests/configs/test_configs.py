@@ -118,6 +118,7 @@ def test_config_fits(config, tmp_path, monkeypatch):
     [
         ("dual_stream/synthetic.yaml", "dual_stream_synthetic", "val/fused/acc"),
         ("siamese/synthetic.yaml", "siamese_synthetic", "val/pair_acc"),
+        ("convgru/synthetic.yaml", "convgru_synthetic", "val/corr"),
     ],
 )
 def test_main_job_validate_reproduces_checkpoint_metrics_and_predict_writes(
@@ -155,3 +156,7 @@ def test_main_job_validate_reproduces_checkpoint_metrics_and_predict_writes(
         for series in {row["series"] for row in rows}:
             ranks = sorted(int(row["predicted_rank"]) for row in rows if row["series"] == series)
             assert ranks == list(range(1, len(ranks) + 1))
+    if run == "convgru_synthetic":
+        assert list(rows[0]) == ["session", "time_bin", "neuron", "rate", "response"]
+        assert {row["session"] for row in rows} == {"s1", "s2"}
+        assert all(float(row["rate"]) > 0 for row in rows)

@@ -197,8 +197,8 @@ def test_pathway_analysis_credits_the_informative_stream(tmp_path):
     data.setup("validate")
     report = model.analyze_pathways(data.val_dataloader(), data.train_dataloader())
     total = sum(report.shapley.values())
-    assert total == pytest.approx(report.accuracy_all - report.accuracy_none)
-    assert report.accuracy_all > 0.6
+    assert total == pytest.approx(report.score_all - report.score_none)
+    assert report.score_all > 0.6
     assert report.shapley["depth"] > 0.9 * total
     assert abs(report.shapley["rgb"]) < 0.05
     assert set(report.to_dict()) >= {"shapley/rgb", "utilization/rgb|depth", "accuracy/alone/depth"}

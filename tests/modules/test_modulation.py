@@ -1,4 +1,4 @@
-"""ModulatedResponseModel: shapes per session, parts, epoch metrics vs the concatenation, ablation, reload, predict."""
+"""ModulatedResponseModel: shapes per session, parts, epoch metrics vs the concatenation, pathway analysis, reload, predict."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mslightning.callbacks import PredictionTableWriter
+from mslightning.callbacks import PathwayAnalysis, PredictionTableWriter
 from mslightning.metrics import BitsPerSpike, MaskedPearsonCorrCoef
 from mslightning.modules import ModulatedResponseModel
 from mslightning.nn import ConvGRU, FiLMModulator, GaussianReadout, ResidualCore
@@ -95,48 +95,112 @@ def test_parts_and_default_groups() -> None:
     assert blind.stream_patterns["modulator"] == ["recurrent.*"]
 
 
-def test_validation_metrics_are_those_of_the_whole_epoch_and_ablation_uses_the_training_mean(tmp_path) -> None:
+def _expected_scores(batches: list[dict], predict) -> tuple[float, float]:
+    """Mean correlation over all neurons and spike-weighted bits per spike, recomputed session by session."""
+    corrs, bits, spikes = [], [], []
+    for session, neurons in SESSIONS.items():
+        corr, bps = MaskedPearsonCorrCoef(neurons), BitsPerSpike(neurons)
+        if not any(b["session"] == session for b in batches):
+            continue
+        for batch in (b for b in batches if b["session"] == session):
+            keep = batch["mask"].clone()
+            keep[:, :BURN_IN] = False
+            predicted = predict(batch)
+            corr.update(predicted, batch["responses"], keep)
+            bps.update(predicted, batch["responses"], keep)
+        corrs.append(corr.compute())
+        bits.append(bps.compute())
+        spikes.append(bps.spikes.sum())
+    weighted = (torch.stack(bits) * torch.stack(spikes).float()).sum() / torch.stack(spikes).sum()
+    return torch.cat(corrs).nanmean().item(), weighted.item()
+
+
+def test_validation_metrics_are_those_of_the_whole_epoch(tmp_path) -> None:
     model = _model(modulator=partial(FiLMModulator, hidden=8))
     train = [_batch("s1", 10), _batch("s2", 11)]
     val = [_batch("s1", 1), _batch("s1", 2), _batch("s2", 3)]
     _trainer(tmp_path, max_epochs=1).fit(model, _loader(*train), _loader(*val))
     (logged,) = _trainer(tmp_path).validate(model, _loader(*val), verbose=False)
-
-    behaviour = torch.cat([b["behaviour"].flatten(0, 1) for b in train])
-    torch.testing.assert_close(model.behaviour_mean, behaviour.mean(0))
     model.eval()
-    expected = {}
     with torch.no_grad():
-        for kind in ("model", "ablated", "oracle"):
-            corrs, bits, spikes = [], [], []
-            for session, neurons in SESSIONS.items():
-                corr, bps = MaskedPearsonCorrCoef(neurons), BitsPerSpike(neurons)
-                for batch in (b for b in val if b["session"] == session):
-                    keep = batch["mask"].clone()
-                    keep[:, :BURN_IN] = False
-                    stand_in = model.behaviour_mean.expand_as(batch["behaviour"])
-                    predicted = {
-                        "model": lambda b=batch: model(b["stimulus"], b["behaviour"], b["session"]),
-                        "ablated": lambda b=batch, m=stand_in: model(b["stimulus"], m, b["session"]),
-                        "oracle": lambda b=batch: b["rates"],
-                    }[kind]()
-                    corr.update(predicted, batch["responses"], keep)
-                    bps.update(predicted, batch["responses"], keep)
-                corrs.append(corr.compute())
-                bits.append(bps.compute())
-                spikes.append(bps.spikes.sum())
-            expected[f"{kind}/corr"] = torch.cat(corrs).nanmean().item()
-            expected[f"{kind}/bits"] = (
-                (torch.stack(bits) * torch.stack(spikes).float()).sum() / torch.stack(spikes).sum()
-            ).item()
-    assert logged["val/corr"] == pytest.approx(expected["model/corr"], abs=1e-5)
-    assert logged["val/bits_per_spike"] == pytest.approx(expected["model/bits"], abs=1e-5)
-    assert logged["val/ablated/corr"] == pytest.approx(expected["ablated/corr"], abs=1e-5)
-    assert logged["val/oracle_corr"] == pytest.approx(expected["oracle/corr"], abs=1e-5)
-    assert logged["val/oracle_fraction"] == pytest.approx(expected["model/corr"] / expected["oracle/corr"], abs=1e-5)
-    assert logged["val/behaviour_gain/corr"] == pytest.approx(
-        expected["model/corr"] - expected["ablated/corr"], abs=1e-5
+        corr, bits = _expected_scores(val, lambda b: model(b["stimulus"], b["behaviour"], b["session"]))
+    oracle_corr, _ = _expected_scores(val, lambda b: b["rates"])
+    assert logged["val/corr"] == pytest.approx(corr, abs=1e-5)
+    assert logged["val/bits_per_spike"] == pytest.approx(bits, abs=1e-5)
+    assert logged["val/oracle_corr"] == pytest.approx(oracle_corr, abs=1e-5)
+    assert logged["val/oracle_fraction"] == pytest.approx(corr / oracle_corr, abs=1e-5)
+    assert logged["val/s2/corr"] == pytest.approx(
+        _expected_scores([val[2]], lambda b: model(b["stimulus"], b["behaviour"], b["session"]))[0], abs=1e-5
     )
+
+
+def test_pathway_analysis_ablates_each_input_to_its_training_mean(tmp_path) -> None:
+    model = _model(modulator=partial(FiLMModulator, hidden=8))
+    train = [_batch("s1", 10), _batch("s2", 11)]
+    val = [_batch("s1", 1), _batch("s1", 2), _batch("s2", 3)]
+    callback = PathwayAnalysis(every_n_epochs=1, verbose=False)
+    _trainer(tmp_path, max_epochs=1, callbacks=[callback]).fit(model, _loader(*train), _loader(*val))
+    model.train()
+    report = model.analyze_pathways(_loader(*val), _loader(*train))
+    assert model.training  # mode restored
+
+    means = {key: torch.cat([b[key].flatten(0, 1) for b in train]).mean(0) for key in ("stimulus", "behaviour")}
+    reference = model.reference_inputs(_loader(*train))
+    torch.testing.assert_close(reference, means)
+    model.eval()
+    with torch.no_grad():
+
+        def scores(stimulus: bool, behaviour: bool) -> tuple[float, float]:
+            return _expected_scores(
+                val,
+                lambda b: model(
+                    b["stimulus"] if stimulus else means["stimulus"].expand_as(b["stimulus"]),
+                    b["behaviour"] if behaviour else means["behaviour"].expand_as(b["behaviour"]),
+                    b["session"],
+                ),
+            )
+
+        both, vision, behaviour, none = (
+            scores(True, True),
+            scores(True, False),
+            scores(False, True),
+            scores(False, False),
+        )
+    assert report.metric == "corr"
+    assert report.score_all == pytest.approx(both[0], abs=1e-5)
+    assert report.score_alone == {
+        "stimulus": pytest.approx(vision[0], abs=1e-5),
+        "behaviour": pytest.approx(behaviour[0], abs=1e-5),
+    }
+    assert report.score_none == pytest.approx(none[0], abs=1e-5)
+    assert report.extra["bits_per_spike_alone/stimulus"] == pytest.approx(vision[1], abs=1e-5)
+    assert report.extra["bits_per_spike_all"] == pytest.approx(both[1], abs=1e-5)
+    assert sum(report.shapley.values()) == pytest.approx(report.score_all - report.score_none, abs=1e-7)
+    share = (both[0] - vision[0]) / both[0] if both[0] > 0 else 0.0  # not defined for a score <= 0
+    assert report.utilization["behaviour|stimulus"] == pytest.approx(share, abs=1e-5)
+    # the callback logged the same analysis at the end of the (only) epoch, as the classifier's
+    assert [epoch for epoch, _ in callback.history["pathways/corr_all"]] == [0]
+    assert callback.history["pathways/corr_all"][0][1] == pytest.approx(report.score_all, abs=1e-5)
+    assert "pathways/bits_per_spike_alone/behaviour" in callback.history
+    assert "pathways/shapley/behaviour" in callback.history
+
+
+def test_a_model_blind_to_behaviour_gets_no_credit_for_it() -> None:
+    model = _model(modulator=None)
+    train = [_batch("s1", 10), _batch("s2", 11)]
+    report = model.analyze_pathways(_loader(_batch("s1", 1), _batch("s2", 3)), _loader(*train))
+    assert report.shapley["behaviour"] == pytest.approx(0.0, abs=1e-7)
+    assert report.score_alone["stimulus"] == pytest.approx(report.score_all, abs=1e-7)
+
+
+def test_pathway_analysis_refuses_a_dataloader_without_scored_spikes() -> None:
+    model = _model()
+    silent = _batch("s1", 1)
+    silent["responses"] = torch.zeros_like(silent["responses"])
+    with pytest.raises(ValueError, match="no scored time bin with a spike"):
+        model.analyze_pathways(_loader(silent), _loader(_batch("s1", 10)))
+    with pytest.raises(ValueError, match="reference dataloader yields no batch"):
+        model.analyze_pathways(_loader(_batch("s1", 1)), _loader())
 
 
 def test_predict_writes_one_row_per_scored_bin_and_neuron(tmp_path) -> None:
@@ -168,7 +232,6 @@ def test_checkpoint_reloads_without_arguments(tmp_path) -> None:
         torch.testing.assert_close(
             reloaded(batch["stimulus"], batch["behaviour"], "s1"), model(batch["stimulus"], batch["behaviour"], "s1")
         )
-    torch.testing.assert_close(reloaded.behaviour_mean, model.behaviour_mean)
 
 
 @pytest.mark.parametrize(
