@@ -114,6 +114,8 @@ class SessionStatistics:
     behaviour_mean: np.ndarray
     behaviour_std: np.ndarray
     train_frames: int
+    response_mean: np.ndarray
+    """``(N,)`` mean spike count per bin of each neuron over its recorded training bins (0 if none)."""
 
 
 def read_recordings_layout(data: LazyHDF5, sessions: Sequence[str] | None = None) -> dict[str, SessionLayout]:
@@ -297,7 +299,10 @@ def _runs(codes: np.ndarray, split: int) -> list[int]:
 def session_statistics(
     data: LazyHDF5, session: str, codes: np.ndarray, chunk: int = _CHUNK_FRAMES
 ) -> SessionStatistics:
-    """Stimulus and behaviour means and standard deviations over the training bins, read in chunks."""
+    """Stimulus and behaviour means and standard deviations, and mean responses, over the training bins.
+
+    Read in chunks; a neuron's mean response counts only the bins where it was recorded (``mask``).
+    """
     train = codes == 0
     count = int(train.sum())
     if count == 0:
@@ -307,13 +312,21 @@ def session_statistics(
         )
     stimulus = _RunningMoments()
     behaviour = _RunningMoments()
+    has_mask = data.exists(f"/{session}/mask")
+    spike_sum: np.ndarray | float = 0.0
+    recorded: np.ndarray | float = 0.0
     for begin in range(0, len(codes), chunk):
         keep = train[begin : begin + chunk]
         if not keep.any():
             continue
-        frames = data.read(f"/{session}/stimulus", np.s_[begin : begin + chunk])[keep]
+        rows = np.s_[begin : begin + chunk]
+        frames = data.read(f"/{session}/stimulus", rows)[keep]
         stimulus.add(frames.reshape(-1, 1))
-        behaviour.add(data.read(f"/{session}/behaviour", np.s_[begin : begin + chunk])[keep])
+        behaviour.add(data.read(f"/{session}/behaviour", rows)[keep])
+        responses = data.read(f"/{session}/responses", rows)[keep].astype(np.float64)
+        mask = data.read(f"/{session}/mask", rows)[keep].astype(bool) if has_mask else np.ones(responses.shape, bool)
+        spike_sum = spike_sum + np.where(mask, responses, 0.0).sum(axis=0)
+        recorded = recorded + mask.sum(axis=0)
     for key, moments in (("stimulus", stimulus), ("behaviour", behaviour)):
         if not np.all(np.isfinite(moments.mean)) or not np.all(np.isfinite(moments.m2)):
             raise ValueError(f"{data.where(f'/{session}/{key}')} holds NaN or infinite values in its training bins.")
@@ -326,6 +339,7 @@ def session_statistics(
         behaviour_mean=behaviour.mean.astype(np.float32),
         behaviour_std=behaviour_std.astype(np.float32),
         train_frames=count,
+        response_mean=(np.asarray(spike_sum) / np.maximum(recorded, 1)).astype(np.float32),
     )
 
 
@@ -639,6 +653,19 @@ class RecordingsDataModule(LightningDataModule):
     def frame_rate(self) -> dict[str, float | None]:
         """Session -> its ``frame_rate`` attribute (Hz), None where the file gives none."""
         return {name: layout.frame_rate for name, layout in self.layout().items()}
+
+    @property
+    def mean_responses(self) -> dict[str, torch.Tensor]:
+        """Session -> ``(N,)`` mean spike count per bin of each neuron over its recorded training bins.
+
+        :class:`~mslightning.modules.ModulatedResponseModel` starts its readout biases there.
+
+        Raises:
+            RuntimeError: Before :meth:`setup` computed the training statistics.
+        """
+        if not self.statistics:
+            raise RuntimeError("mean_responses needs the training statistics: call setup() first.")
+        return {name: torch.from_numpy(stats.response_mean) for name, stats in self.statistics.items()}
 
     @property
     def has_rates(self) -> bool:

@@ -84,6 +84,12 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
             session's neuron count (``GaussianReadout`` or ``FactorisedReadout``).
         burn_in: Leading time bins of every window left out of loss and metrics.
         readout_l1: Weight of the readouts' L1 penalty on their feature weights.
+        readout_bias_from_data: At the start of the first ``fit``, set every readout's bias so
+            each neuron starts at its mean training response (the datamodule's
+            ``mean_responses``, e.g. :attr:`~mslightning.data.RecordingsDataModule.mean_responses`),
+            as neuralpredictors does; skipped without a datamodule that has them (call
+            :meth:`initialize_readout_biases` yourself), and never repeated (a later ``fit`` or a
+            restored checkpoint keeps the learnt biases).
         optimizer: See :class:`~mslightning.modules.GroupedOptimizationModule`.
         param_groups: See :class:`~mslightning.modules.GroupedOptimizationModule`.
         no_weight_decay_on_norm_and_bias: See
@@ -109,6 +115,7 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
         readout: Callable[[tuple[int, int, int], int], Readout] = GaussianReadout,
         burn_in: int = 5,
         readout_l1: float = 0.0,
+        readout_bias_from_data: bool = True,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         param_groups: ParamGroups | None = None,
         no_weight_decay_on_norm_and_bias: bool = False,
@@ -137,6 +144,7 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
                 "readout": readout,
                 "burn_in": burn_in,
                 "readout_l1": readout_l1,
+                "readout_bias_from_data": readout_bias_from_data,
                 "optimizer": optimizer,
                 "param_groups": param_groups,
                 "no_weight_decay_on_norm_and_bias": no_weight_decay_on_norm_and_bias,
@@ -147,6 +155,7 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
         self.in_channels = in_channels
         self.burn_in = burn_in
         self.readout_l1 = readout_l1
+        self.readout_bias_from_data = readout_bias_from_data
         self.core = core(in_channels)
         core_channels, height, width = self.core.output_shape(*frame_size)
         self.modulator = None if modulator is None else _built(modulator(core_channels, behaviour_dim), Modulator)
@@ -154,6 +163,8 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
         hidden_shape = (self.recurrent.cell.hidden_channels, height, width)
         self.readouts = nn.ModuleDict({name: _built(readout(hidden_shape, n), Readout) for name, n in sessions.items()})
         self.loss = MaskedPoissonLoss(burn_in)
+        # persisted, so that neither a second fit nor a resumed one starts the biases over
+        self.register_buffer("readout_biases_initialized", torch.tensor(False))
         modulator_patterns = ["recurrent.*", *(["modulator.*"] if self.modulator is not None else [])]
         self.stream_patterns = {"core": ["core.*"], "modulator": modulator_patterns, "readout": ["readouts.*"]}
         self.metrics = nn.ModuleDict({f"{stage}_metrics": self._session_metrics() for stage in STAGES})
@@ -167,6 +178,33 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
                 for kind in kinds
             }
         )
+
+    @torch.no_grad()
+    def initialize_readout_biases(self, mean_responses: Mapping[str, Tensor]) -> None:
+        """Start each session's neurons at their mean response (see ``Readout.initialize_bias``).
+
+        Args:
+            mean_responses: Session -> ``(N,)`` mean spike count per bin over the training set;
+                every session of the model is needed.
+
+        Raises:
+            ValueError: For a missing session or a wrong neuron count.
+        """
+        missing = [name for name in self.sessions if name not in mean_responses]
+        if missing:
+            raise ValueError(f"initialize_readout_biases: no mean responses for the sessions {missing}.")
+        for name, readout in self.readouts.items():
+            readout.initialize_bias(torch.as_tensor(mean_responses[name]))
+        self.readout_biases_initialized.fill_(True)
+
+    @override
+    def setup(self, stage: str) -> None:
+        # Runs before a checkpoint is restored, which then overwrites these biases with the learnt ones.
+        if stage != "fit" or not self.readout_bias_from_data or bool(self.readout_biases_initialized):
+            return
+        means = getattr(self.trainer.datamodule, "mean_responses", None)
+        if means is not None:
+            self.initialize_readout_biases(means)
 
     @override
     def forward(self, stimulus: Tensor, behaviour: Tensor, session: str) -> Tensor:

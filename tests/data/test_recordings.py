@@ -109,6 +109,22 @@ def test_round_trip_values_and_train_only_statistics(recordings):
     assert abs(train.mean()) < 0.2 and abs(train.std() - 1) < 0.1
 
 
+@pytest.mark.parametrize("mask", [True, False])
+def test_mean_responses_over_recorded_training_bins(tmp_path, mask):
+    path = write_recordings(tmp_path / "rec.h5", mask=mask)
+    dm = _module(path)
+    with pytest.raises(RuntimeError, match="call setup"):
+        _ = dm.mean_responses
+    dm.setup("fit")
+    with h5py.File(path, "r") as file:
+        for session, means in dm.mean_responses.items():
+            responses = file[session]["responses"][()][SPLIT == 0]
+            recorded = file[session]["mask"][()][SPLIT == 0] if mask else np.ones(responses.shape, bool)
+            expected = (responses * recorded).sum(0) / recorded.sum(0)
+            assert means.shape == (dm.sessions[session],) and means.dtype == torch.float32
+            np.testing.assert_allclose(means.numpy(), expected, rtol=1e-6)
+
+
 def test_mask_absent_is_all_true_and_rates_only_when_every_session_has_them(tmp_path):
     path = write_recordings(tmp_path / "bare.h5", mask=False, rates=False)
     dm = _module(path)

@@ -1,4 +1,4 @@
-"""ModulatedResponseModel: shapes per session, parts, epoch metrics vs the concatenation, pathway analysis, reload, predict."""
+"""ModulatedResponseModel: per-session shapes, parts, whole-epoch metrics, pathways, bias init, reload, predict."""
 
 from __future__ import annotations
 
@@ -218,6 +218,48 @@ def test_predict_writes_one_row_per_scored_bin_and_neuron(tmp_path) -> None:
     with torch.no_grad():
         expected = model(batch["stimulus"], batch["behaviour"], "s2")[:, BURN_IN:].reshape(-1)
     assert [float(r["rate"]) for r in rows] == pytest.approx(expected.tolist(), rel=1e-5)
+
+
+class _MeanResponses(pl.LightningDataModule):
+    def __init__(self, batches: list[dict]) -> None:
+        super().__init__()
+        self.batches = batches
+        self.mean_responses = {"s1": torch.tensor([0.5, 1.0, 2.0, 0.1, 0.0]), "s2": torch.tensor([3.0, 0.2, 0.7])}
+
+    def train_dataloader(self) -> DataLoader:
+        return _loader(*self.batches)
+
+
+@pytest.mark.parametrize("output", ["softplus", "elu1", "exp"])
+def test_readout_biases_start_at_the_mean_responses_once(tmp_path, output) -> None:
+    frozen = partial(torch.optim.SGD, lr=0.0)  # the step changes nothing: what we see is the initialisation
+    model = _model(readout=partial(GaussianReadout, output=output), optimizer=frozen)
+    data = _MeanResponses([_batch("s1", 0), _batch("s2", 1)])
+    _trainer(tmp_path, max_epochs=1).fit(model, data)
+    assert bool(model.readout_biases_initialized)
+    for session, means in data.mean_responses.items():
+        readout = model.readouts[session]
+        # a neuron with no drive from the features fires at its mean (a silent one just above the floor)
+        expected = means.clamp_min(2 * readout.min_rate)
+        torch.testing.assert_close(readout.rate(readout.bias), expected, rtol=1e-4, atol=1e-6)
+    # a second fit continues from the learnt biases
+    with torch.no_grad():
+        model.readouts["s1"].bias.add_(1.0)
+    before = model.readouts["s1"].bias.clone()
+    _trainer(tmp_path, max_epochs=2).fit(model, data)
+    torch.testing.assert_close(model.readouts["s1"].bias, before)
+
+
+def test_readout_biases_left_alone_when_asked_or_without_data_means(tmp_path) -> None:
+    frozen = partial(torch.optim.SGD, lr=0.0)
+    model = _model(readout_bias_from_data=False, optimizer=frozen)
+    _trainer(tmp_path, max_epochs=1).fit(model, _MeanResponses([_batch("s1", 0)]))
+    assert not bool(model.readout_biases_initialized) and not model.readouts["s1"].bias.any()
+    model = _model(optimizer=frozen)
+    _trainer(tmp_path, max_epochs=1).fit(model, _loader(_batch("s1", 0)))  # plain loaders: no means to use
+    assert not model.readouts["s1"].bias.any()
+    with pytest.raises(ValueError, match=r"no mean responses for the sessions \['s2'\]"):
+        model.initialize_readout_biases({"s1": torch.ones(5)})
 
 
 def test_checkpoint_reloads_without_arguments(tmp_path) -> None:
