@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -199,12 +200,28 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
 
     @override
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self._check_strategy()
         # Runs before a checkpoint is restored, which then overwrites these biases with the learnt ones.
         if stage != "fit" or not self.readout_bias_from_data or bool(self.readout_biases_initialized):
             return
         means = getattr(self.trainer.datamodule, "mean_responses", None)
         if means is not None:
             self.initialize_readout_biases(means)
+
+    def _check_strategy(self) -> None:
+        strategy = self.trainer.strategy
+        kwargs = getattr(strategy, "_ddp_kwargs", None)  # DDPStrategy keeps DistributedDataParallel's options here
+        if (
+            isinstance(strategy, DDPStrategy)
+            and len(self.sessions) > 1
+            and not (kwargs or {}).get("find_unused_parameters")
+        ):
+            raise ValueError(
+                f"{type(self).__name__} trains one session's readout per batch, so under DDP the other sessions' "
+                "readouts get no gradient in that step; DistributedDataParallel must be told so: use "
+                "strategy: ddp_find_unused_parameters_true (or DDPStrategy(find_unused_parameters=True))."
+            )
 
     @override
     def forward(self, stimulus: Tensor, behaviour: Tensor, session: str) -> Tensor:
@@ -265,7 +282,9 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
         total = loss + self.readout_l1 * self.readouts[session].regularizer() if self.readout_l1 else loss
         if stage == "train":
             self.loss_terms = {"poisson": loss.detach()}
-        self.log(f"{stage}/loss", total, on_step=stage == "train", on_epoch=True, prog_bar=stage != "train")
+        self.log(
+            f"{stage}/loss", total, on_step=stage == "train", on_epoch=True, prog_bar=stage != "train", sync_dist=True
+        )
         with torch.no_grad():
             keep = response_mask(responses, mask, self.burn_in)
             metrics = self.metrics[f"{stage}_metrics"]
@@ -285,8 +304,9 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
         if model_scores is None:
             return
         for session, (corr, bits) in model_scores.sessions.items():
-            self.log(f"{stage}/{session}/corr", corr)
-            self.log(f"{stage}/{session}/bits_per_spike", bits)
+            # the values are already the same on every rank (the metrics synchronised); sync_dist keeps Lightning quiet
+            self.log(f"{stage}/{session}/corr", corr, sync_dist=True)
+            self.log(f"{stage}/{session}/bits_per_spike", bits, sync_dist=True)
         logged = {"corr": model_scores.corr, "bits_per_spike": model_scores.bits_per_spike}
         oracle = summary["oracle"]
         if oracle is not None:
@@ -294,9 +314,8 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
             logged["oracle_fraction"] = model_scores.corr / oracle.corr
         for name, value in logged.items():
             if torch.isfinite(value):
-                self.log(
-                    f"{stage}/{name}", value.float(), prog_bar=stage == "val" and name in ("corr", "oracle_fraction")
-                )
+                prog_bar = stage == "val" and name in ("corr", "oracle_fraction")
+                self.log(f"{stage}/{name}", value.float(), prog_bar=prog_bar, sync_dist=True)
 
     @torch.no_grad()
     def reference_inputs(self, dataloader: Iterable[Mapping[str, Any]]) -> dict[str, Tensor]:

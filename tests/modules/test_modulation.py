@@ -8,6 +8,7 @@ from functools import partial
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, Dataset
 
 from mslightning.callbacks import PathwayAnalysis, PredictionTableWriter
@@ -303,3 +304,15 @@ def test_bad_arguments() -> None:
 def test_a_session_without_batches_in_the_epoch_is_left_out(tmp_path) -> None:
     (logged,) = _trainer(tmp_path).validate(_model(), _loader(_batch("s1", 0)), verbose=False)
     assert "val/s1/corr" in logged and "val/s2/corr" not in logged and "val/corr" in logged
+
+
+def test_ddp_without_unused_parameter_detection_is_refused_before_training(tmp_path) -> None:
+    model = _model()  # two sessions: each batch leaves the other session's readout without a gradient
+    model.trainer = _trainer(tmp_path, strategy=DDPStrategy(), devices=1)
+    with pytest.raises(ValueError, match="strategy: ddp_find_unused_parameters_true"):
+        model.setup("fit")
+    model.trainer = _trainer(tmp_path, strategy=DDPStrategy(find_unused_parameters=True), devices=1)
+    model.setup("fit")
+    single = _model(sessions={"s1": 5})
+    single.trainer = _trainer(tmp_path, strategy=DDPStrategy(), devices=1)
+    single.setup("fit")
