@@ -85,12 +85,12 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
             session's neuron count (``GaussianReadout`` or ``FactorisedReadout``).
         burn_in: Leading time bins of every window left out of loss and metrics.
         readout_l1: Weight of the readouts' L1 penalty on their feature weights.
-        readout_bias_from_data: At the start of the first ``fit``, set every readout's bias so
-            each neuron starts at its mean training response (the datamodule's
+        readout_bias_from_data: At the start of ``fit``, set the bias of every readout not yet
+            initialised so each neuron starts at its mean training response (the datamodule's
             ``mean_responses``, e.g. :attr:`~mslightning.data.RecordingsDataModule.mean_responses`),
             as neuralpredictors does; skipped without a datamodule that has them (call
             :meth:`initialize_readout_biases` yourself), and never repeated (a later ``fit`` or a
-            restored checkpoint keeps the learnt biases).
+            restored checkpoint keeps the learnt biases: the readout's ``bias_initialized``).
         optimizer: See :class:`~mslightning.modules.GroupedOptimizationModule`.
         param_groups: See :class:`~mslightning.modules.GroupedOptimizationModule`.
         no_weight_decay_on_norm_and_bias: See
@@ -126,9 +126,7 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
         if not sessions:
             raise ValueError("sessions must map at least one session name to its neuron count, got {}.")
         for name, count in sessions.items():
-            check_stream_name(name, "sessions")
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise ValueError(f"sessions: session {name!r} needs a positive neuron count, got {count!r}.")
+            _check_session(name, count)
         if isinstance(burn_in, bool) or not isinstance(burn_in, int) or burn_in < 0:
             raise ValueError(f"burn_in must be an int >= 0, got {burn_in!r}.")
         if not readout_l1 >= 0:
@@ -162,23 +160,68 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
         self.modulator = None if modulator is None else _built(modulator(core_channels, behaviour_dim), Modulator)
         self.recurrent = _built(recurrent(self.modulator.out_channels if self.modulator else core_channels), ConvGRU)
         hidden_shape = (self.recurrent.cell.hidden_channels, height, width)
-        self.readouts = nn.ModuleDict({name: _built(readout(hidden_shape, n), Readout) for name, n in sessions.items()})
+        self._readout_factory = readout
+        self._hidden_shape = hidden_shape
+        self.readouts = nn.ModuleDict({name: self._build_readout(n) for name, n in sessions.items()})
         self.loss = MaskedPoissonLoss(burn_in)
-        # persisted, so that neither a second fit nor a resumed one starts the biases over
-        self.register_buffer("readout_biases_initialized", torch.tensor(False))
         modulator_patterns = ["recurrent.*", *(["modulator.*"] if self.modulator is not None else [])]
         self.stream_patterns = {"core": ["core.*"], "modulator": modulator_patterns, "readout": ["readouts.*"]}
         self.metrics = nn.ModuleDict({f"{stage}_metrics": self._session_metrics() for stage in STAGES})
         self._checked_stages: set[str] = set()
 
-    def _session_metrics(self, kinds: tuple[str, ...] = ("model", "oracle")) -> nn.ModuleDict:
+    def _build_readout(self, neurons: int) -> Readout:
+        return _built(self._readout_factory(self._hidden_shape, neurons), Readout)
+
+    def _session_metrics(
+        self, kinds: tuple[str, ...] = ("model", "oracle"), sessions: Mapping[str, int] | None = None
+    ) -> nn.ModuleDict:
         return nn.ModuleDict(
             {
                 f"{session}__{kind}": nn.ModuleDict({"corr": MaskedPearsonCorrCoef(n), "bits": BitsPerSpike(n)})
-                for session, n in self.sessions.items()
+                for session, n in (self.sessions if sessions is None else sessions).items()
                 for kind in kinds
             }
         )
+
+    def add_session(self, name: str, neurons: int, mean_responses: Tensor | None = None) -> Readout:
+        """Give a trained model a readout for a new recording session; everything else is shared.
+
+        The new readout is built like the others (the ``readout`` argument), on the model's device
+        and dtype, and joins the ``readout`` part (``readouts.<name>.*``); the session's metrics are
+        added, and :attr:`hparams` records the session, so a checkpoint saved afterwards reloads
+        with it. To fit only the new readout, freeze the shared parts first
+        (``model.core.requires_grad_(False)``, same for ``modulator`` and ``recurrent``; a
+        parameter group without trainable parameters is left out).
+
+        Args:
+            name: The new session's name.
+            neurons: Its neuron count ``N``.
+            mean_responses: ``(N,)`` mean training responses to start the bias at (else it is
+                started from the datamodule's ``mean_responses`` at the next ``fit``).
+
+        Returns:
+            The new readout.
+
+        Raises:
+            ValueError: For a name the model already has, a bad name or a bad neuron count.
+        """
+        if name in self.sessions:
+            raise ValueError(
+                f"add_session: the model already has a session {name!r} (sessions: {list(self.sessions)})."
+            )
+        _check_session(name, neurons)
+        reference = next(iter(self.readouts.values())).features
+        readout = self._build_readout(neurons).to(device=reference.device, dtype=reference.dtype)
+        if mean_responses is not None:
+            readout.initialize_bias(mean_responses)
+        self.readouts[name] = readout
+        self.sessions[name] = neurons
+        self.hparams["sessions"] = dict(self.sessions)
+        for stage in STAGES:
+            self.metrics[f"{stage}_metrics"].update(
+                self._session_metrics(sessions={name: neurons}).to(reference.device)
+            )
+        return readout
 
     @torch.no_grad()
     def initialize_readout_biases(self, mean_responses: Mapping[str, Tensor]) -> None:
@@ -196,18 +239,18 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
             raise ValueError(f"initialize_readout_biases: no mean responses for the sessions {missing}.")
         for name, readout in self.readouts.items():
             readout.initialize_bias(torch.as_tensor(mean_responses[name]))
-        self.readout_biases_initialized.fill_(True)
 
     @override
     def setup(self, stage: str) -> None:
         if stage == "fit":
             self._check_strategy()
         # Runs before a checkpoint is restored, which then overwrites these biases with the learnt ones.
-        if stage != "fit" or not self.readout_bias_from_data or bool(self.readout_biases_initialized):
+        if stage != "fit" or not self.readout_bias_from_data:
             return
         means = getattr(self.trainer.datamodule, "mean_responses", None)
-        if means is not None:
-            self.initialize_readout_biases(means)
+        for name, readout in self.readouts.items():
+            if means is not None and name in means and not bool(readout.bias_initialized):
+                readout.initialize_bias(torch.as_tensor(means[name]))
 
     def _check_strategy(self) -> None:
         strategy = self.trainer.strategy
@@ -466,6 +509,12 @@ def _epoch_scores(metrics: nn.ModuleDict, kind: str) -> _Scores | None:
         return None
     bits, spikes = (torch.stack(values) for values in zip(*weighted, strict=True))
     return _Scores(sessions, torch.cat(correlations).nanmean(), (bits * spikes).sum() / spikes.sum())
+
+
+def _check_session(name: str, neurons: int) -> None:
+    check_stream_name(name, "sessions")
+    if isinstance(neurons, bool) or not isinstance(neurons, int) or neurons < 1:
+        raise ValueError(f"sessions: session {name!r} needs a positive neuron count, got {neurons!r}.")
 
 
 def _built(obj: Any, kind: type) -> Any:

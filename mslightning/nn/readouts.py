@@ -102,6 +102,8 @@ class Readout(nn.Module):
         # unit-variance drive for unit-variance, uncorrelated features
         self.features = nn.Parameter(torch.randn(channels, neurons) / math.sqrt(channels))
         self.bias = nn.Parameter(torch.zeros(neurons)) if bias else None
+        # persisted: a model restored from a checkpoint does not start its learnt bias over
+        self.register_buffer("bias_initialized", torch.tensor(False))
 
     def rate(self, drive: Tensor) -> Tensor:
         """The positive output: ``output(drive) + min_rate``, same shape as ``drive``."""
@@ -128,7 +130,8 @@ class Readout(nn.Module):
         """Set the bias so that a neuron with zero drive from the features fires at its mean rate.
 
         ``bias = output⁻¹(mean_rate - min_rate)``, the rate clamped to at least ``min_rate`` above the
-        floor so a silent neuron gets a large negative, finite bias.
+        floor so a silent neuron gets a large negative, finite bias. Sets the ``bias_initialized``
+        buffer (saved with the state dict), so callers can tell a fresh readout from a trained one.
 
         Args:
             mean_rates: ``(N,)`` mean responses (spikes per bin) over the training set.
@@ -144,6 +147,7 @@ class Readout(nn.Module):
         floor = max(self.min_rate, 1e-8)
         target = (mean_rates - self.min_rate).clamp_min(floor)
         self.bias.copy_(_OUTPUTS[self.output][1](target).to(self.bias))
+        self.bias_initialized.fill_(True)
 
     def _check(self, x: Tensor, spatial: bool) -> None:
         expected = self.in_shape if spatial else self.in_shape[:1]

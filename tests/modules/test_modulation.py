@@ -237,7 +237,7 @@ def test_readout_biases_start_at_the_mean_responses_once(tmp_path, output) -> No
     model = _model(readout=partial(GaussianReadout, output=output), optimizer=frozen)
     data = _MeanResponses([_batch("s1", 0), _batch("s2", 1)])
     _trainer(tmp_path, max_epochs=1).fit(model, data)
-    assert bool(model.readout_biases_initialized)
+    assert all(bool(readout.bias_initialized) for readout in model.readouts.values())
     for session, means in data.mean_responses.items():
         readout = model.readouts[session]
         # a neuron with no drive from the features fires at its mean (a silent one just above the floor)
@@ -255,12 +255,51 @@ def test_readout_biases_left_alone_when_asked_or_without_data_means(tmp_path) ->
     frozen = partial(torch.optim.SGD, lr=0.0)
     model = _model(readout_bias_from_data=False, optimizer=frozen)
     _trainer(tmp_path, max_epochs=1).fit(model, _MeanResponses([_batch("s1", 0)]))
-    assert not bool(model.readout_biases_initialized) and not model.readouts["s1"].bias.any()
+    assert not bool(model.readouts["s1"].bias_initialized) and not model.readouts["s1"].bias.any()
     model = _model(optimizer=frozen)
     _trainer(tmp_path, max_epochs=1).fit(model, _loader(_batch("s1", 0)))  # plain loaders: no means to use
     assert not model.readouts["s1"].bias.any()
     with pytest.raises(ValueError, match=r"no mean responses for the sessions \['s2'\]"):
         model.initialize_readout_biases({"s1": torch.ones(5)})
+
+
+def test_a_new_session_needs_only_a_new_readout(tmp_path) -> None:
+    model = _model()
+    _trainer(tmp_path, max_epochs=1).fit(model, _loader(_batch("s1", 0), _batch("s2", 1)))
+    shared = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("readouts.")}
+    old_readouts = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("readouts.")}
+    readout = model.add_session("s3", 7)
+    assert model.sessions == {"s1": 5, "s2": 3, "s3": 7} and model.hparams["sessions"] == model.sessions
+    assert type(readout) is type(model.readouts["s1"]) and readout.neurons == 7
+    for part in (model.core, model.modulator, model.recurrent):
+        part.requires_grad_(False)
+    g = torch.Generator().manual_seed(3)
+    new = {
+        "session": "s3",
+        "stimulus": torch.randn(2, 6, 1, 8, 8, generator=g),
+        "behaviour": torch.randn(2, 6, 4, generator=g),
+        "responses": torch.poisson(torch.full((2, 6, 7), 0.8), generator=g),
+    }
+    before = readout.features.detach().clone()
+    trainer = _trainer(tmp_path, max_epochs=2, enable_checkpointing=True)
+    trainer.fit(model, _loader(new), _loader(new))
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in shared.items())  # the shared parts did not move
+    assert all(torch.equal(after[k], v) for k, v in old_readouts.items())  # nor the other sessions' readouts
+    assert not torch.equal(model.readouts["s3"].features, before)
+    assert "val/s3/corr" in trainer.callback_metrics
+    reloaded = ModulatedResponseModel.load_from_checkpoint(trainer.checkpoint_callback.best_model_path)
+    assert reloaded.sessions == model.sessions
+    model.eval()
+    reloaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            reloaded(new["stimulus"], new["behaviour"], "s3"), model(new["stimulus"], new["behaviour"], "s3")
+        )
+    with pytest.raises(ValueError, match="already has a session 's1'"):
+        model.add_session("s1", 4)
+    with pytest.raises(ValueError, match="positive neuron count"):
+        model.add_session("s4", 0)
 
 
 def test_checkpoint_reloads_without_arguments(tmp_path) -> None:
