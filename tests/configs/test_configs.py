@@ -28,7 +28,7 @@ SMALL_DATA = [
 ]
 
 
-TINY_RECORDINGS = {"size": 16, "neurons": [6, 4]}
+TINY_RECORDINGS = {"size": 16, "neurons": [6, 4], "frames": 3000}
 TINY_TRIAGE = {"series_per_source": 1, "photos_per_series": 3, "crop_size": 24}
 SMALL_TRIAGE = [
     "--data.init_args.image_size",
