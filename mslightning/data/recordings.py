@@ -665,7 +665,7 @@ class RecordingsDataModule(LightningDataModule):
         """
         if not self.statistics:
             raise RuntimeError("mean_responses needs the training statistics: call setup() first.")
-        return {name: torch.from_numpy(stats.response_mean) for name, stats in self.statistics.items()}
+        return {name: torch.from_numpy(stats.response_mean.copy()) for name, stats in self.statistics.items()}
 
     @property
     def has_rates(self) -> bool:

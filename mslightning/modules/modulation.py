@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -196,8 +196,9 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
         Args:
             name: The new session's name.
             neurons: Its neuron count ``N``.
-            mean_responses: ``(N,)`` mean training responses to start the bias at (else it is
-                started from the datamodule's ``mean_responses`` at the next ``fit``).
+            mean_responses: ``(N,)`` mean training responses to start the bias at (else, with
+                ``readout_bias_from_data``, it is started from the datamodule's
+                ``mean_responses`` at the next ``fit``).
 
         Returns:
             The new readout.
@@ -217,6 +218,7 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
         self.readouts[name] = readout
         self.sessions[name] = neurons
         self.hparams["sessions"] = dict(self.sessions)
+        self._checked_stages.clear()  # the new session's first batches are checked too
         for stage in STAGES:
             self.metrics[f"{stage}_metrics"].update(
                 self._session_metrics(sessions={name: neurons}).to(reference.device)
@@ -238,7 +240,8 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
         if missing:
             raise ValueError(f"initialize_readout_biases: no mean responses for the sessions {missing}.")
         for name, readout in self.readouts.items():
-            readout.initialize_bias(torch.as_tensor(mean_responses[name]))
+            if readout.bias is not None:  # a readout built with bias=False has nothing to start
+                readout.initialize_bias(torch.as_tensor(mean_responses[name]))
 
     @override
     def setup(self, stage: str) -> None:
@@ -249,14 +252,31 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
             return
         means = getattr(self.trainer.datamodule, "mean_responses", None)
         for name, readout in self.readouts.items():
-            if means is not None and name in means and not bool(readout.bias_initialized):
+            fresh = readout.bias is not None and not bool(readout.bias_initialized)
+            if means is not None and name in means and fresh:
                 readout.initialize_bias(torch.as_tensor(means[name]))
+
+    @override
+    def on_train_start(self) -> None:
+        # After any checkpoint restore: from now on every readout is a trained one, whose bias a
+        # later fit must not start over (even if it was never started from data).
+        for readout in self.readouts.values():
+            readout.bias_initialized.fill_(True)
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Checkpoints written before the ablation moved to analyze_pathways kept the behaviour's
+        # running sums; they are no longer part of the model.
+        state = checkpoint.get("state_dict", {})
+        for key in ("behaviour_sum", "behaviour_count"):
+            state.pop(key, None)
 
     def _check_strategy(self) -> None:
         strategy = self.trainer.strategy
         kwargs = getattr(strategy, "_ddp_kwargs", None)  # DDPStrategy keeps DistributedDataParallel's options here
         if (
             isinstance(strategy, DDPStrategy)
+            and not isinstance(strategy, DeepSpeedStrategy)  # a DDPStrategy subclass without DDP's option
             and len(self.sessions) > 1
             and not (kwargs or {}).get("find_unused_parameters")
         ):
@@ -367,19 +387,31 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
         Args:
             dataloader: Batches of :data:`~mslightning.data.RecordingsBatch` (the training set).
 
+        Under ``torch.distributed`` the sums are added over the ranks, so every rank gets the
+        mean over all their shards.
+
         Returns:
             ``{"stimulus": (C, H, W), "behaviour": (D,)}``, float32 on the model's device.
 
         Raises:
-            ValueError: If ``dataloader`` yields no batch.
+            ValueError: If ``dataloader`` yields no batch (on every rank).
         """
         sums: dict[str, Tensor] = {}
-        count = 0
+        count = torch.zeros((), dtype=torch.float64, device=self.device)
         for batch in dataloader:
             for key in INPUTS:
                 value = batch[key].to(self.device, torch.float64).flatten(0, 1).sum(0)
                 sums[key] = sums[key] + value if key in sums else value
             count += batch["behaviour"].shape[0] * batch["behaviour"].shape[1]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # a rank with an empty shard still joins, with zeros of the right shapes from the model
+            channels, behaviour_dim = self.in_channels, self.behaviour_dim
+            frame = tuple(self.hparams["frame_size"])
+            shapes = {"stimulus": (channels, *frame), "behaviour": (behaviour_dim,)}
+            for key in INPUTS:
+                sums.setdefault(key, torch.zeros(shapes[key], dtype=torch.float64, device=self.device))
+                torch.distributed.all_reduce(sums[key])
+            torch.distributed.all_reduce(count)
         if not count:
             raise ValueError(f"{type(self).__name__}.reference_inputs: the reference dataloader yields no batch.")
         return {key: (total / count).float() for key, total in sums.items()}
@@ -395,7 +427,9 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
         (:meth:`reference_inputs`), and the response correlation over the whole of
         ``dataloader`` is the score (as ``<stage>/corr``). ``corr_alone/stimulus`` is the model
         without behaviour; ``utilization["behaviour|stimulus"]`` the share of the correlation
-        that behaviour adds. Runs in eval mode and restores the previous mode.
+        that behaviour adds. A neuron whose correlation is defined with both inputs kept counts in
+        every subset, as 0 where a subset's prediction is constant (no information). Runs in eval
+        mode, in the trainer's precision when one is attached, and restores every submodule's mode.
 
         Args:
             dataloader: Evaluation batches (:data:`~mslightning.data.RecordingsBatch`).
@@ -405,7 +439,8 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
             The report (``metric="corr"``), with the bits per spike of every subset as extras:
             ``bits_per_spike_all``, ``bits_per_spike_none`` and ``bits_per_spike_alone/<input>``.
         """
-        was_training = self.training
+        modes = {module: module.training for module in self.modules()}
+        precision = self._trainer.precision_plugin if self._trainer is not None else None
         self.eval()
         try:
             reference = self.reference_inputs(reference_dataloader)
@@ -424,13 +459,20 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
                         key: value if key in kept else reference[key].to(value).expand_as(value)
                         for key, value in inputs.items()
                     }
-                    rates = self(given["stimulus"], given["behaviour"], session).float()
+                    if precision is None:
+                        rates = self(given["stimulus"], given["behaviour"], session)
+                    else:  # as in validation: bf16-true/16-true cast the inputs, *-mixed autocast
+                        given = precision.convert_input(given)
+                        with precision.forward_context():
+                            rates = self(given["stimulus"], given["behaviour"], session)
+                    rates = rates.float()
                     pair = metrics[f"{session}__{names[kept]}"]
                     pair["corr"].update(rates, responses, keep)
                     pair["bits"].update(rates, responses, keep)
             scores = {kept: _epoch_scores(metrics, names[kept]) for kept in coalitions}
         finally:
-            self.train(was_training)
+            for module, mode in modes.items():
+                module.training = mode
         if any(score is None for score in scores.values()):
             raise ValueError(
                 f"{type(self).__name__}.analyze_pathways: the dataloader yields no scored time bin with a spike "
@@ -439,9 +481,9 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
         extra = {"bits_per_spike_all": float(scores[frozenset(INPUTS)].bits_per_spike)}
         extra["bits_per_spike_none"] = float(scores[frozenset()].bits_per_spike)
         extra.update({f"bits_per_spike_alone/{key}": float(scores[frozenset((key,))].bits_per_spike) for key in INPUTS})
-        return PathwayReport.from_scores(
-            INPUTS, {kept: float(score.corr) for kept, score in scores.items()}, metric="corr", extra=extra
-        )
+        defined = torch.isfinite(scores[frozenset(INPUTS)].per_neuron)
+        correlations = {kept: float(score.per_neuron[defined].nan_to_num(0.0).mean()) for kept, score in scores.items()}
+        return PathwayReport.from_scores(INPUTS, correlations, metric="corr", extra=extra)
 
     @override
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor | str]:
@@ -482,6 +524,8 @@ class _Scores:
     """Mean correlation over every neuron of every session."""
     bits_per_spike: Tensor
     """Bits per spike over all sessions, each weighted by its spike count."""
+    per_neuron: Tensor
+    """Every neuron's correlation, sessions concatenated (NaN where undefined)."""
 
 
 def _epoch_scores(metrics: nn.ModuleDict, kind: str) -> _Scores | None:
@@ -508,7 +552,8 @@ def _epoch_scores(metrics: nn.ModuleDict, kind: str) -> _Scores | None:
     if not sessions:
         return None
     bits, spikes = (torch.stack(values) for values in zip(*weighted, strict=True))
-    return _Scores(sessions, torch.cat(correlations).nanmean(), (bits * spikes).sum() / spikes.sum())
+    per_neuron = torch.cat(correlations)
+    return _Scores(sessions, per_neuron.nanmean(), (bits * spikes).sum() / spikes.sum(), per_neuron)
 
 
 def _check_session(name: str, neurons: int) -> None:

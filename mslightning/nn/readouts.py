@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -148,6 +149,11 @@ class Readout(nn.Module):
         target = (mean_rates - self.min_rate).clamp_min(floor)
         self.bias.copy_(_OUTPUTS[self.output][1](target).to(self.bias))
         self.bias_initialized.fill_(True)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # A state dict from before the flag existed holds a trained bias: it is not to be started over.
+        state_dict.setdefault(prefix + "bias_initialized", torch.tensor(True))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _check(self, x: Tensor, spatial: bool) -> None:
         expected = self.in_shape if spatial else self.in_shape[:1]

@@ -6,6 +6,7 @@ import csv
 from functools import partial
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.strategies import DDPStrategy
@@ -255,12 +256,57 @@ def test_readout_biases_left_alone_when_asked_or_without_data_means(tmp_path) ->
     frozen = partial(torch.optim.SGD, lr=0.0)
     model = _model(readout_bias_from_data=False, optimizer=frozen)
     _trainer(tmp_path, max_epochs=1).fit(model, _MeanResponses([_batch("s1", 0)]))
-    assert not bool(model.readouts["s1"].bias_initialized) and not model.readouts["s1"].bias.any()
+    assert not model.readouts["s1"].bias.any()
     model = _model(optimizer=frozen)
     _trainer(tmp_path, max_epochs=1).fit(model, _loader(_batch("s1", 0)))  # plain loaders: no means to use
     assert not model.readouts["s1"].bias.any()
     with pytest.raises(ValueError, match=r"no mean responses for the sessions \['s2'\]"):
         model.initialize_readout_biases({"s1": torch.ones(5)})
+
+
+def test_readouts_without_bias_train_and_trained_biases_are_never_restarted(tmp_path) -> None:
+    model = _model(readout=partial(GaussianReadout, bias=False))
+    _trainer(tmp_path, max_epochs=1).fit(model, _MeanResponses([_batch("s1", 0)]))  # nothing to start: no error
+    # trained without starting from data (plain loaders): still a trained bias for a later fit
+    model = _model(optimizer=partial(torch.optim.SGD, lr=0.0))  # the "learnt" biases stay at their 0
+    _trainer(tmp_path, max_epochs=1).fit(model, _loader(_batch("s1", 0)))
+    assert all(bool(readout.bias_initialized) for readout in model.readouts.values())
+    _trainer(tmp_path, max_epochs=2).fit(model, _MeanResponses([_batch("s1", 0)]))
+    assert not model.readouts["s1"].bias.any()
+
+
+def test_resuming_from_a_checkpoint_keeps_its_biases_and_old_checkpoints_load(tmp_path) -> None:
+    frozen = partial(torch.optim.AdamW, lr=0.0)  # nothing moves: the biases seen are those restored
+    model = _model(optimizer=frozen)
+    trainer = _trainer(tmp_path, max_epochs=1, enable_checkpointing=True)
+    trainer.fit(model, _loader(_batch("s1", 0)))
+    path = trainer.checkpoint_callback.best_model_path
+    saved = torch.load(path, weights_only=True)["state_dict"]["readouts.s1.bias"]
+    resumed = _model(optimizer=frozen)
+    # setup() starts the biases at the data's means, then the restored checkpoint puts the learnt ones back
+    _trainer(tmp_path, max_epochs=2).fit(resumed, _MeanResponses([_batch("s1", 0)]), ckpt_path=path)
+    assert not torch.equal(saved, _MeanResponses([]).mean_responses["s1"])
+    torch.testing.assert_close(resumed.readouts["s1"].bias, saved)
+    # a checkpoint written before the flag existed (and with the old behaviour buffers) still loads
+    old = torch.load(path, weights_only=True)
+    for key in [k for k in old["state_dict"] if k.endswith("bias_initialized")]:
+        del old["state_dict"][key]
+    old["state_dict"]["behaviour_sum"] = torch.zeros(4, dtype=torch.float64)
+    old["state_dict"]["behaviour_count"] = torch.zeros((), dtype=torch.float64)
+    torch.save(old, tmp_path / "old.ckpt")
+    reloaded = ModulatedResponseModel.load_from_checkpoint(tmp_path / "old.ckpt")
+    assert bool(reloaded.readouts["s1"].bias_initialized)
+    torch.testing.assert_close(reloaded.readouts["s1"].bias, saved)
+
+
+def test_pathway_analysis_runs_in_the_trainer_precision(tmp_path) -> None:
+    model = _model()
+    trainer = _trainer(tmp_path, max_epochs=1, precision="bf16-true")
+    trainer.fit(model, _loader(_batch("s1", 0)))
+    assert next(model.parameters()).dtype == torch.bfloat16
+    model.core.eval()  # a user's per-module mode survives the analysis
+    report = model.analyze_pathways(_loader(_batch("s1", 1), _batch("s2", 3)), _loader(_batch("s1", 0)))
+    assert np.isfinite(report.score_all) and not model.core.training and model.readouts.training
 
 
 def test_a_new_session_needs_only_a_new_readout(tmp_path) -> None:
