@@ -23,7 +23,14 @@ Rules (``kind``):
 * ``frozen`` (information, no patience): the stream has no trainable parameters or received
   no gradient.
 * ``not_optimized`` (no patience): it receives gradients but no optimizer holds its parameters.
-* ``healthy``: emitted when no warning is active.
+* ``healthy``: emitted when no warning is active and the epoch's steps were measured;
+  ``not_measured`` (information) instead when no optimizer step was logged in the epoch, so
+  that "healthy" always means "measured, and fine".
+
+With ``track_updates=False`` the update ratio is the proxy ``lr * ||g|| / ||w||``
+(``EpochEvidence.update_ratio_is_proxy``): the messages name it so, and the absolute rule
+``stalled`` is not applied to it, since under adaptive optimizers (Adam) the proxy is orders of
+magnitude away from the real update.
 
 The three rules that compare streams (``dominant``, ``slow``, ``weight_growth``) apply only
 when the streams are peers (``EpochEvidence.compare_streams``): parallel encoders of one
@@ -149,7 +156,8 @@ class EpochEvidence:
         epoch: The epoch index.
         streams: Stream names in order.
         grad_norm: Mean gradient L2 norm.
-        update_ratio: Mean ``||dw|| / ||w||`` (or the ``lr * ||g|| / ||w||`` proxy).
+        update_ratio: Mean ``||dw|| / ||w||`` (or the ``lr * ||g|| / ||w||`` proxy, see
+            ``update_ratio_is_proxy``).
         weight_growth: ``||w|| / ||w_at_start||``.
         nonfinite: Number of NaN/Inf gradient values seen this epoch.
         frozen: Streams with no trainable parameter or no gradient this epoch.
@@ -164,6 +172,8 @@ class EpochEvidence:
         shares_group_with: Other streams whose parameters sit in the same group.
         compare_streams: Whether the streams are peers to compare (``dominant``, ``slow``,
             ``weight_growth``); False for parts in series such as a backbone and a head.
+        update_ratio_is_proxy: ``update_ratio`` holds the proxy ``lr * ||g|| / ||w||``
+            (``track_updates=False``), not the measured update.
     """
 
     epoch: int
@@ -183,6 +193,7 @@ class EpochEvidence:
     group: Mapping[str, str] = field(default_factory=dict)
     shares_group_with: Mapping[str, Sequence[str]] = field(default_factory=dict)
     compare_streams: bool = True
+    update_ratio_is_proxy: bool = False
 
 
 @dataclass
@@ -302,8 +313,9 @@ class Advisor:
             if m in overfitting:  # small updates of a memorising stream: not an lr problem
                 out["stalled"][m] = out["slow"][m] = (False, u)
                 continue
-            stalled = u < self._relaxed("stalled", m, t.stall_update_ratio, False)
-            out["stalled"][m] = (stalled, u)
+            # the proxy's scale says nothing about the real update: no absolute verdict on it
+            stalled = not ev.update_ratio_is_proxy and u < self._relaxed("stalled", m, t.stall_update_ratio, False)
+            out["stalled"][m] = (None if ev.update_ratio_is_proxy else stalled, u)
             if not ev.compare_streams:
                 continue
             other_u = [ev.update_ratio.get(n) for n in learning if n != m and n not in overfitting]
@@ -344,7 +356,8 @@ class Advisor:
 
         Returns:
             Active recommendations, warnings first in :data:`KINDS` order, then information;
-            a single ``healthy`` recommendation (after any information) if no warning is active.
+            if no warning is active, a single ``healthy`` recommendation (after any
+            information), or ``not_measured`` when the epoch has no step measurements.
         """
         conditions = self._conditions(ev)
         recs: list[Recommendation] = []
@@ -357,7 +370,10 @@ class Advisor:
                     recs.append(Recommendation(kind, m, _MESSAGES[kind](ev, m, flag), severity, max(flag.held, 1)))
         recs.sort(key=lambda r: r.severity == "info")  # stable: keeps KINDS order within
         if not any(r.severity == "warning" for r in recs):
-            recs.append(Recommendation("healthy", None, _healthy_message(ev), "info", 1))
+            if ev.grad_norm or ev.update_ratio:
+                recs.append(Recommendation("healthy", None, _healthy_message(ev), "info", 1))
+            else:
+                recs.append(Recommendation("not_measured", None, _NOT_MEASURED, "info", 1))
         return recs
 
 
@@ -420,10 +436,14 @@ def _msg_dominant(ev: EpochEvidence, m: str, flag: _Flag) -> str:
     )
 
 
+def _ratio_name(ev: EpochEvidence) -> str:
+    return "lr*||g||/||w|| (a proxy: track_updates=False)" if ev.update_ratio_is_proxy else "||dw||/||w||"
+
+
 def _msg_slow(ev: EpochEvidence, m: str, flag: _Flag) -> str:
     others = _others(ev, m)
     return (
-        f"{m} learns slowly (update ratio ||dw||/||w|| {_fmt(ev.update_ratio.get(m))}, "
+        f"{m} learns slowly (update ratio {_ratio_name(ev)} {_fmt(ev.update_ratio.get(m))}, "
         f"{_fmt(flag.value)}x the median of {_others_text(others)} {_for(flag)}): raise "
         f"{_group(ev, m)} {_knob(ev, m, 'lr')}." + _shared_note(ev, m)
     )
@@ -479,6 +499,12 @@ _MESSAGES: dict[str, Callable[[EpochEvidence, str, _Flag], str]] = {
     "frozen": _msg_frozen,
     "not_optimized": _msg_not_optimized,
 }
+
+
+_NOT_MEASURED = (
+    "not measured: no optimizer step was logged in this epoch, so no stream could be checked; log more "
+    "often than once per epoch (Trainer log_every_n_steps below the steps per epoch)."
+)
 
 
 def _healthy_message(ev: EpochEvidence) -> str:

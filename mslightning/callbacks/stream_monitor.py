@@ -997,6 +997,7 @@ class StreamMonitor(EpochEndCallback):
             group={s: b.group_name for s, b in self._bindings.items() if b.group_name is not None},
             shares_group_with={s: b.shares_with for s, b in self._bindings.items()},
             compare_streams=self._compare,
+            update_ratio_is_proxy=not self.track_updates,
         )
 
     def _record_history(self, epoch: int, epoch_metrics: dict[str, float]) -> None:
@@ -1032,7 +1033,7 @@ class StreamMonitor(EpochEndCallback):
         """The latest epoch's advice as plain strings.
 
         Returns:
-            One message per active recommendation (a ``healthy`` message when none warns).
+            One message per active recommendation (a ``healthy`` or ``not_measured`` message when none warns).
         """
         return [r.message for r in self.recommendations]
 

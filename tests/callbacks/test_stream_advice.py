@@ -235,3 +235,19 @@ def test_parts_in_series_are_not_compared_with_each_other():
     stalled = dict(evidence, update_ratio={"backbone": 1e-9, "head": 1e-3})
     recs = Advisor(StreamThresholds(patience=1)).advise(EpochEvidence(epoch=0, compare_streams=False, **stalled))
     assert _kinds(recs) == {("stalled", "backbone")}
+
+
+def test_the_proxy_is_named_and_not_judged_in_absolute_terms():
+    advisor = Advisor(StreamThresholds(patience=1))
+    # Adam with track_updates=False: lr*||g||/||w|| can be tiny whatever the real update
+    recs = advisor.advise(_evidence(update_ratio={"rgb": 1e-3, "depth": 7e-8}, update_ratio_is_proxy=True))
+    assert ("stalled", "depth") not in _kinds(recs)
+    (rec,) = [r for r in recs if r.kind == "slow"]
+    assert rec.stream == "depth"
+    assert "update ratio lr*||g||/||w|| (a proxy: track_updates=False) 7e-08" in rec.message
+
+
+def test_no_step_measured_is_not_healthy():
+    recs = Advisor(StreamThresholds()).advise(_evidence(grad_norm={}, update_ratio={}, weight_growth={}))
+    assert [r.kind for r in recs] == ["not_measured"]
+    assert recs[0].severity == "info" and "no optimizer step was logged" in recs[0].message
