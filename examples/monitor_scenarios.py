@@ -1,6 +1,6 @@
-"""StreamMonitor scenarios: four training set-ups, each with a known problem, and what the monitor says.
+"""StreamMonitor scenarios: five training set-ups, each with a known problem, and what the monitor says.
 
-Run all four and open TensorBoard on the logs::
+Run them all and open TensorBoard on the logs::
 
     python examples/monitor_scenarios.py                      # all scenarios, small user-style model
     python examples/monitor_scenarios.py --scenario shortcut  # one of them
@@ -19,6 +19,9 @@ with 3 channels and ``depth`` with 1) and checks the monitor's final advice:
 * ``dominant``: the depth branch's output features are 20x larger than rgb's (an un-normalised
   branch, e.g. depth in millimetres without a normalising layer), so its gradients are too.
   ``depth`` must be flagged as ``dominant``.
+* ``too_fast``: the depth group's lr is 100x larger than rgb's. ``depth`` must be flagged as
+  moving ``too_fast`` (lower its lr) - not rgb as slow, depth as dominant, or depth's weight
+  growth as a weight-decay problem.
 
 The script exits with status 1 if a scenario's verdict is wrong.
 """
@@ -89,6 +92,13 @@ SCENARIOS: dict[str, Scenario] = {
             data={"signal": EQUAL_SIGNAL},
             feature_scale={"depth": 20.0},
             expect=("dominant", "depth"),
+        ),
+        Scenario(
+            "too_fast",
+            "depth's lr is 100x too large: its first steps blow its weights up",
+            data={"signal": EQUAL_SIGNAL},
+            lrs={"depth": BASE_LR * 100},
+            expect=("too_fast", "depth"),
         ),
     ]
 }

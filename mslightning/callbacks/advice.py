@@ -11,6 +11,10 @@ Rules (``kind``):
 
 * ``overfitting``: the stream's overfitting score (accuracy gap + loss gap) exceeds
   ``overfit_score`` -> raise the stream group's ``weight_decay`` or lower its ``lr``.
+* ``too_fast`` (no patience): a logged step moved the stream's weights by more than
+  ``fast_update_ratio`` of their norm (``||dw||/||w||``, measured) -> lower its ``lr``. It stays
+  reported while the weights it inflated stay ``weight_growth_ratio`` times larger than the
+  others' (a blown-up stream's later updates look small next to its huge weights).
 * ``dominant``: the stream's mean gradient norm is ``dominance_ratio`` times that of every
   other stream -> lower its ``lr`` or raise the others'.
 * ``slow``: its update ratio ``||dw||/||w||`` is below ``slow_ratio`` times the median of the
@@ -39,7 +43,10 @@ network, not parts in series such as a pretrained backbone and its fresh head.
 Root causes first: a stream that is overfitting is not also called ``slow`` (its gradients
 vanish because it has fit the training set) nor used as the reference for ``dominant``; while a
 stream is ``slow``/``stalled``, no stream is called ``dominant`` (the slow stream's gradients stay
-large because it does not move). Each advice then names one knob in one direction.
+large because it does not move). A stream that moves ``too_fast`` comes before the relative
+rules: it is no reference for ``slow`` (next to it every other stream looks slow), no stream is
+called ``dominant`` meanwhile, and its weight growth is blamed on its lr, not on weight decay.
+Each advice then names one knob in one direction.
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ KINDS = (
     "nonfinite",
     "not_optimized",
     "overfitting",
+    "too_fast",
     "dominant",
     "stalled",
     "slow",
@@ -70,7 +78,7 @@ KINDS = (
 )
 """Rule kinds, in the order their recommendations are listed."""
 
-_IMMEDIATE = frozenset({"nonfinite", "not_optimized", "frozen"})
+_IMMEDIATE = frozenset({"nonfinite", "not_optimized", "frozen", "too_fast"})
 
 
 @dataclass
@@ -85,6 +93,9 @@ class StreamThresholds:
         slow_ratio: A stream whose epoch-mean update ratio ``||dw||/||w||`` is below this
             fraction of the other streams' median learns too slowly.
         stall_update_ratio: An update ratio below this (absolute) means the stream has stalled.
+        fast_update_ratio: One logged step whose update ratio exceeds this (absolute) means the
+            stream's lr is too high. Healthy AdamW/SGD training stays well below: 0.007-0.02
+            per step on the scenario suite's small CNNs at lr 3e-3, 1e-5-1e-4 when fine-tuning.
         weight_growth_ratio: A stream whose weight norm grew (``||w_t|| / ||w_0||``) this many
             times more than every other stream's grows too fast.
         patience: Consecutive epochs a condition must hold before it is reported, and must
@@ -97,6 +108,7 @@ class StreamThresholds:
     dominance_ratio: float = 3.0
     slow_ratio: float = 0.1
     stall_update_ratio: float = 1e-7
+    fast_update_ratio: float = 0.1
     weight_growth_ratio: float = 2.0
     patience: int = 2
     release: float = 0.8
@@ -105,6 +117,7 @@ class StreamThresholds:
         positive = {
             "overfit_score": self.overfit_score,
             "stall_update_ratio": self.stall_update_ratio,
+            "fast_update_ratio": self.fast_update_ratio,
         }
         for name, value in positive.items():
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
@@ -115,6 +128,11 @@ class StreamThresholds:
         ):
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 1):
                 raise ValueError(f"StreamThresholds.{name} must be a finite number > 1, got {value!r}.")
+        if self.fast_update_ratio <= self.stall_update_ratio:
+            raise ValueError(
+                f"StreamThresholds.fast_update_ratio ({self.fast_update_ratio!r}) must be above "
+                f"stall_update_ratio ({self.stall_update_ratio!r})."
+            )
         if not (isinstance(self.slow_ratio, int | float) and 0 < self.slow_ratio < 1):
             raise ValueError(f"StreamThresholds.slow_ratio must be in (0, 1), got {self.slow_ratio!r}.")
         if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
@@ -172,6 +190,8 @@ class EpochEvidence:
         shares_group_with: Other streams whose parameters sit in the same group.
         compare_streams: Whether the streams are peers to compare (``dominant``, ``slow``,
             ``weight_growth``); False for parts in series such as a backbone and a head.
+        max_update_ratio: Largest measured ``||dw|| / ||w||`` of one logged step (absent with
+            the proxy).
         update_ratio_is_proxy: ``update_ratio`` holds the proxy ``lr * ||g|| / ||w||``
             (``track_updates=False``), not the measured update.
     """
@@ -180,6 +200,7 @@ class EpochEvidence:
     streams: Sequence[str]
     grad_norm: Mapping[str, float] = field(default_factory=dict)
     update_ratio: Mapping[str, float] = field(default_factory=dict)
+    max_update_ratio: Mapping[str, float] = field(default_factory=dict)
     weight_growth: Mapping[str, float] = field(default_factory=dict)
     nonfinite: Mapping[str, int] = field(default_factory=dict)
     frozen: frozenset[str] = frozenset()
@@ -306,11 +327,13 @@ class Advisor:
         overfitting = {m for m in ev.streams if out["overfitting"][m][0] or self._is_active("overfitting", m)}
         learning = [m for m in ev.streams if m not in ev.frozen and m not in ev.not_optimized]
 
+        fast = self._too_fast(ev, learning, out)
+
         for m in learning:
             u = ev.update_ratio.get(m)
             if u is None:
                 continue
-            if m in overfitting:  # small updates of a memorising stream: not an lr problem
+            if m in overfitting or m in fast:  # small updates of a memorising stream: not an lr problem
                 out["stalled"][m] = out["slow"][m] = (False, u)
                 continue
             # the proxy's scale says nothing about the real update: no absolute verdict on it
@@ -318,7 +341,7 @@ class Advisor:
             out["stalled"][m] = (None if ev.update_ratio_is_proxy else stalled, u)
             if not ev.compare_streams:
                 continue
-            other_u = [ev.update_ratio.get(n) for n in learning if n != m and n not in overfitting]
+            other_u = [ev.update_ratio.get(n) for n in learning if n != m and n not in overfitting | fast]
             other_u = [v for v in other_u if v is not None and v > 0]
             if other_u:
                 ratio = u / statistics.median(other_u)
@@ -334,12 +357,14 @@ class Advisor:
             if gn is None or not other_gn or max(other_gn) <= 0:
                 continue
             ratio = gn / max(other_gn)
-            raw = not slow and ratio >= self._relaxed("dominant", m, t.dominance_ratio, True)
+            raw = not slow and not fast and ratio >= self._relaxed("dominant", m, t.dominance_ratio, True)
             out["dominant"][m] = (raw, ratio)
 
         for m in learning:
-            g = ev.weight_growth.get(m)
-            other_g = [ev.weight_growth[n] for n in learning if n != m and n not in slow and n in ev.weight_growth]
+            g = None if m in fast else ev.weight_growth.get(m)
+            other_g = [
+                ev.weight_growth[n] for n in learning if n != m and n not in slow | fast and n in ev.weight_growth
+            ]
             if g is not None and other_g and max(other_g) > 0:
                 ratio = g / max(other_g)
                 out["weight_growth"][m] = (
@@ -347,6 +372,26 @@ class Advisor:
                     ratio,
                 )
         return out
+
+    def _too_fast(
+        self, ev: EpochEvidence, learning: Sequence[str], out: dict[str, dict[str, tuple[bool | None, float | None]]]
+    ) -> set[str]:
+        """Fill the ``too_fast`` conditions; return the streams that move (or moved) too fast."""
+        t = self.thresholds
+        for m in learning:
+            largest = ev.max_update_ratio.get(m)
+            if largest is None:
+                continue
+            raw = largest > self._relaxed("too_fast", m, t.fast_update_ratio, True)
+            if not raw and self._is_active("too_fast", m):  # still carrying the weights it inflated
+                others = [ev.weight_growth[n] for n in learning if n != m and n in ev.weight_growth]
+                growth = ev.weight_growth.get(m)
+                reference = max(others) if others and ev.compare_streams else 1.0
+                raw = growth is not None and reference > 0 and growth >= t.weight_growth_ratio * reference
+            if self._is_active("too_fast", m):  # the message names the largest step seen, not the latest
+                largest = max(largest, self.flags[f"too_fast/{m}"].value or 0.0)
+            out["too_fast"][m] = (raw, largest)
+        return {m for m in learning if out["too_fast"].get(m, (None,))[0] or self._is_active("too_fast", m)}
 
     def advise(self, ev: EpochEvidence) -> list[Recommendation]:
         """Update the hysteresis with one epoch of evidence and return the active advice.
@@ -440,6 +485,16 @@ def _ratio_name(ev: EpochEvidence) -> str:
     return "lr*||g||/||w|| (a proxy: track_updates=False)" if ev.update_ratio_is_proxy else "||dw||/||w||"
 
 
+def _msg_too_fast(ev: EpochEvidence, m: str, flag: _Flag) -> str:
+    growth = ev.weight_growth.get(m)
+    grown = f"; its weights are now x{_fmt(growth)} their size at the start" if growth is not None else ""
+    return (
+        f"{m} moves too fast (a step moved its weights by {_fmt(flag.value)} of their norm, update ratio "
+        f"||dw||/||w||; healthy steps are far below 0.1{grown}): lower {_group(ev, m)} {_knob(ev, m, 'lr')}; "
+        "warm-up or gradient clipping (ParamGroup max_grad_norm) also bound the first steps." + _shared_note(ev, m)
+    )
+
+
 def _msg_slow(ev: EpochEvidence, m: str, flag: _Flag) -> str:
     others = _others(ev, m)
     return (
@@ -491,6 +546,7 @@ def _msg_not_optimized(ev: EpochEvidence, m: str, flag: _Flag) -> str:
 
 _MESSAGES: dict[str, Callable[[EpochEvidence, str, _Flag], str]] = {
     "overfitting": _msg_overfitting,
+    "too_fast": _msg_too_fast,
     "dominant": _msg_dominant,
     "slow": _msg_slow,
     "stalled": _msg_stalled,

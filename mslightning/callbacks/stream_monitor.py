@@ -107,6 +107,7 @@ class _EpochAccumulator:
     rel_grad_norm: float = 0.0
     update_ratio: float = 0.0
     update_steps: int = 0
+    max_update_ratio: float = 0.0
     mu: float = 0.0  # sum of ||g||^2 / ||w||^2 (Wu et al., ICML 2022)
     nonfinite: int = 0
     overflow_steps: int = 0  # steps with NaN/Inf gradients that a GradScaler skipped and recovers from
@@ -710,6 +711,7 @@ class StreamMonitor(EpochEndCallback):
         if nonfinite == 0 and update is not None and math.isfinite(update):
             acc.update_ratio += update
             acc.update_steps += 1
+            acc.max_update_ratio = max(acc.max_update_ratio, update)
 
     @override
     def on_train_batch_end(
@@ -956,7 +958,7 @@ class StreamMonitor(EpochEndCallback):
         ogrs: dict[str, float],
         discrepancy: dict[str, float],
     ) -> EpochEvidence:
-        grad_norm, update, growth, nonfinite, lr, wd = {}, {}, {}, {}, {}, {}
+        grad_norm, update, largest, growth, nonfinite, lr, wd = {}, {}, {}, {}, {}, {}, {}
         frozen, not_optimized = set(), set()
         for stream, binding in self._bindings.items():
             acc = self._acc[stream]
@@ -970,6 +972,8 @@ class StreamMonitor(EpochEndCallback):
                     grad_norm[stream] = acc.grad_norm / acc.grad_steps
                 if acc.update_steps:
                     update[stream] = acc.update_ratio / acc.update_steps
+                    if self.track_updates:
+                        largest[stream] = acc.max_update_ratio
                 initial = self._initial_weight_norm.get(stream)
                 if acc.last_weight_norm is not None and initial:
                     growth[stream] = acc.last_weight_norm / initial
@@ -984,6 +988,7 @@ class StreamMonitor(EpochEndCallback):
             streams=list(self._bindings),
             grad_norm=grad_norm,
             update_ratio=update,
+            max_update_ratio=largest,
             weight_growth=growth,
             nonfinite=nonfinite,
             frozen=frozenset(frozen),

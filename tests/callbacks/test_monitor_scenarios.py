@@ -36,7 +36,7 @@ def test_scenario_verdict(name, tmp_path):
         assert {(r.kind, r.stream) for r in warnings} == {(kind, stream)}
         flagged = next(r for r in warnings if r.kind == kind)
         assert flagged.stream == stream and flagged.message.startswith(stream)
-        knob = {"overfitting": "weight_decay", "slow": "lr", "dominant": "lr"}[kind]
+        knob = {"overfitting": "weight_decay", "slow": "lr", "dominant": "lr", "too_fast": "lr"}[kind]
         assert f"the {stream} group's {knob}" in flagged.message
         # the advice also reached TensorBoard as text
         run_dirs = list((tmp_path / name).glob("version_*"))

@@ -251,3 +251,52 @@ def test_no_step_measured_is_not_healthy():
     recs = Advisor(StreamThresholds()).advise(_evidence(grad_norm={}, update_ratio={}, weight_growth={}))
     assert [r.kind for r in recs] == ["not_measured"]
     assert recs[0].severity == "info" and "no optimizer step was logged" in recs[0].message
+
+
+def test_a_step_far_too_large_says_lower_the_lr_of_that_stream_at_once():
+    advisor = Advisor(StreamThresholds(patience=2))
+    # rgb at a far too high lr: one huge step, then large gradients and inflated weights
+    evidence = {
+        "max_update_ratio": {"rgb": 0.47, "depth": 0.02},
+        "update_ratio": {"rgb": 0.05, "depth": 1e-3},
+        "grad_norm": {"rgb": 40.0, "depth": 1.0},
+        "weight_growth": {"rgb": 12.0, "depth": 1.05},
+    }
+    recs = advisor.advise(_evidence(0, **evidence))
+    assert _kinds(recs) == {("too_fast", "rgb")}  # not dominant, not "depth learns slowly", not weight_decay
+    (rec,) = recs
+    assert rec.severity == "warning"
+    assert rec.message.startswith("rgb moves too fast (a step moved its weights by 0.47 of their norm")
+    assert "weights are now x12" in rec.message and "lower the rgb group's lr (now 0.001)" in rec.message
+    # later steps look small next to the inflated weights: still the same root cause while they stay inflated
+    later = {**evidence, "max_update_ratio": {"rgb": 2e-3, "depth": 0.02}, "update_ratio": {"rgb": 1e-3, "depth": 1e-3}}
+    for epoch in (1, 2, 3):
+        (rec,) = advisor.advise(_evidence(epoch, **later))
+        assert (rec.kind, rec.stream) == ("too_fast", "rgb") and "by 0.47 of their norm" in rec.message
+    # once the weights are back in line, the advice is withdrawn (after the patience)
+    settled = {**later, "weight_growth": {"rgb": 1.1, "depth": 1.05}, "grad_norm": {"rgb": 1.0, "depth": 1.0}}
+    advisor.advise(_evidence(4, **settled))
+    assert _kinds(advisor.advise(_evidence(5, **settled))) == {("healthy", None)}
+
+
+def test_too_fast_applies_to_parts_in_series_and_three_streams():
+    series = _evidence(max_update_ratio={"rgb": 1e-3, "depth": 0.3}, compare_streams=False)
+    assert _kinds(Advisor(StreamThresholds()).advise(series)) == {("too_fast", "depth")}
+    three = EpochEvidence(
+        epoch=0,
+        streams=["a", "b", "c"],
+        grad_norm={"a": 1.0, "b": 1.0, "c": 9.0},
+        update_ratio={"a": 1e-3, "b": 2e-3, "c": 0.2},
+        max_update_ratio={"a": 0.01, "b": 0.02, "c": 0.6},
+    )
+    assert _kinds(Advisor(StreamThresholds()).advise(three)) == {("too_fast", "c")}
+
+
+def test_healthy_step_sizes_are_not_too_fast():
+    recs = Advisor(StreamThresholds(patience=1)).advise(_evidence(max_update_ratio={"rgb": 0.021, "depth": 0.019}))
+    assert [r.kind for r in recs] == ["healthy"]
+
+
+def test_fast_threshold_must_be_above_the_stall_threshold():
+    with pytest.raises(ValueError, match="fast_update_ratio"):
+        StreamThresholds(fast_update_ratio=1e-8)
