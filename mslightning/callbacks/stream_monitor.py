@@ -46,6 +46,9 @@ from mslightning.callbacks.stream_stats import (
 from mslightning.optim.patterns import Patterns, as_pattern_list, describe_names, select_names
 from mslightning.streams import STREAM_NAME_PATTERN, check_stream_name
 
+IGNORE_INDEX = -100
+"""Targets equal to this (``torch.nn.functional.cross_entropy``'s default ``ignore_index``) are not scored."""
+
 __all__ = ["STEP_METRICS", "STREAM_NAME_PATTERN", "StreamMonitor"]
 
 """Stream names must match this (they become parts of TensorBoard tags)."""
@@ -139,13 +142,15 @@ class StreamMonitor(EpochEndCallback):
 
         {
             "loss": loss,  # what Lightning optimises
-            "target": target,  # (B,) int64 class indices
-            "stream_logits": {"rgb": logits_rgb, "depth": logits_depth},  # each (B, K)
+            "target": target,  # (B,) int64 class indices; -100 (ignore_index) rows are left out
+            "stream_logits": {"rgb": logits_rgb, "depth": logits_depth},  # each (B, K), or (B, 1) binary
             "logits": fused_logits,  # optional (B, K)
         }
 
     from which the monitor computes per-stream accuracy, cross-entropy and true-class softmax
-    score with one torchmetrics object per stage and stream. Without it the gradient and weight
+    score with one torchmetrics object per stage and stream. A ``(B, 1)`` logit ``z`` is a binary
+    head (classes 0 and 1 with logits ``(0, z)``); float (soft) targets skip these metrics with one
+    warning. Without it the gradient and weight
     metrics still work and the overfitting metrics are skipped with one message. A module with a
     ``fusion_internals() -> {metric: {stream: 0-dim tensor}}`` method gets those logged each
     epoch.
@@ -319,6 +324,7 @@ class StreamMonitor(EpochEndCallback):
         self._val_result: tuple[int, dict[str, dict[str, Tensor]]] | None = None
         self._protocol_missing_reported = False
         self._missing_heads_reported = False
+        self._soft_targets_reported = False
         self._logger_reported = False
         self._histogram_epoch: int | None = None
 
@@ -753,7 +759,16 @@ class StreamMonitor(EpochEndCallback):
             raise ValueError(
                 f"'stream_logits' must map stream name -> (B, K) logits, got {type(stream_logits).__name__}."
             )
-        if not isinstance(target, Tensor) or target.ndim != 1 or target.is_floating_point():
+        if isinstance(target, Tensor) and target.is_floating_point():
+            if not self._soft_targets_reported:
+                self._soft_targets_reported = True
+                rank_zero_warn(
+                    f"StreamMonitor: 'target' is a float tensor {tuple(target.shape)} (soft labels?); the per-stream "
+                    "accuracy/loss/overfitting metrics need class indices and are skipped. Return (B,) int64 class "
+                    "indices as 'target' to get them."
+                )
+            return None
+        if not isinstance(target, Tensor) or target.ndim != 1:
             shape = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
             raise ValueError(f"'target' must be a (B,) integer tensor of class indices, got {shape}.")
         unknown = [name for name in stream_logits if name not in self._bindings]
@@ -783,7 +798,9 @@ class StreamMonitor(EpochEndCallback):
         if metrics is None:
             metrics = nn.ModuleDict(
                 {
-                    "acc": MulticlassAccuracy(logits.shape[1], average="micro", validate_args=False),
+                    "acc": MulticlassAccuracy(
+                        logits.shape[1], average="micro", ignore_index=IGNORE_INDEX, validate_args=False
+                    ),
                     "loss": MeanMetric(nan_strategy="disable"),
                     "score": MeanMetric(nan_strategy="disable"),
                 }
@@ -800,12 +817,17 @@ class StreamMonitor(EpochEndCallback):
             return
         stream_logits, target = parsed
         target = target.detach().long()
+        # IGNORE_INDEX targets (cross_entropy's default) weigh 0; weights, not indexing, so no host sync
+        weight = (target != IGNORE_INDEX).float()
+        index = target.clamp(min=0)
         for stream, logits in stream_logits.items():
             logits = logits.detach().float()
+            if logits.shape[1] == 1:  # one binary logit z: the two classes' logits are (0, z)
+                logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
             metrics = self._stage_metrics(stage, stream, logits)
             metrics["acc"].update(logits, target)
-            metrics["loss"].update(F.cross_entropy(logits, target, reduction="none"))
-            metrics["score"].update(logits.softmax(dim=1).gather(1, target[:, None]).squeeze(1))
+            metrics["loss"].update(F.cross_entropy(logits, index, reduction="none"), weight)
+            metrics["score"].update(logits.softmax(dim=1).gather(1, index[:, None]).squeeze(1), weight)
 
     def _compute_stage(self, stage: str) -> dict[str, dict[str, Tensor]]:
         """Synced (all ranks) epoch values per stream, as device tensors."""
