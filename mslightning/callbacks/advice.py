@@ -11,6 +11,9 @@ Rules (``kind``):
 
 * ``overfitting``: the stream's overfitting score (accuracy gap + loss gap) exceeds
   ``overfit_score`` -> raise the stream group's ``weight_decay`` or lower its ``lr``.
+* ``not_learning`` (one recommendation for the model): every stream's accuracy, in training
+  and validation, is within ``chance_margin`` of chance (1/K) -> check the data pipeline
+  (labels aligned with inputs) and the lrs. Relative rules are not applied meanwhile.
 * ``too_fast`` (no patience): a logged step moved the stream's weights by more than
   ``fast_update_ratio`` of their norm (``||dw||/||w||``, measured) -> lower its ``lr``. It stays
   reported while the weights it inflated stay ``weight_growth_ratio`` times larger than the
@@ -46,7 +49,9 @@ stream is ``slow``/``stalled``, no stream is called ``dominant`` (the slow strea
 large because it does not move). A stream that moves ``too_fast`` comes before the relative
 rules: it is no reference for ``slow`` (next to it every other stream looks slow), no stream is
 called ``dominant`` meanwhile, and its weight growth is blamed on its lr, not on weight decay.
-Each advice then names one knob in one direction.
+A stream that has *converged* (training and validation accuracy at least ``converged_acc``) is
+not a problem: its small gradients and updates are not ``slow`` or ``stalled``, and it is no
+yardstick for ``slow`` or ``dominant``. Each advice then names one knob in one direction.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ __all__ = [
 ]
 
 KINDS = (
+    "not_learning",
     "nonfinite",
     "not_optimized",
     "overfitting",
@@ -77,6 +83,9 @@ KINDS = (
     "frozen",
 )
 """Rule kinds, in the order their recommendations are listed."""
+
+ALL = "*"
+"""The stream key of the model-wide ``not_learning`` condition."""
 
 _IMMEDIATE = frozenset({"nonfinite", "not_optimized", "frozen", "too_fast"})
 
@@ -98,6 +107,9 @@ class StreamThresholds:
             per step on the scenario suite's small CNNs at lr 3e-3, 1e-5-1e-4 when fine-tuning.
         weight_growth_ratio: A stream whose weight norm grew (``||w_t|| / ||w_0||``) this many
             times more than every other stream's grows too fast.
+        converged_acc: A stream whose training and validation accuracy are at least this has
+            converged: it is exempt from the update rules and no yardstick for the others.
+        chance_margin: Every stream's accuracy within this of chance (1/K) means nothing learns.
         patience: Consecutive epochs a condition must hold before it is reported, and must
             fail before the report is withdrawn.
         release: While reported, a condition is judged against its threshold relaxed by this
@@ -109,6 +121,8 @@ class StreamThresholds:
     slow_ratio: float = 0.1
     stall_update_ratio: float = 1e-7
     fast_update_ratio: float = 0.1
+    converged_acc: float = 0.99
+    chance_margin: float = 0.05
     weight_growth_ratio: float = 2.0
     patience: int = 2
     release: float = 0.8
@@ -128,6 +142,9 @@ class StreamThresholds:
         ):
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 1):
                 raise ValueError(f"StreamThresholds.{name} must be a finite number > 1, got {value!r}.")
+        for name, value in (("converged_acc", self.converged_acc), ("chance_margin", self.chance_margin)):
+            if not (isinstance(value, int | float) and 0 < value < 1):
+                raise ValueError(f"StreamThresholds.{name} must be in (0, 1), got {value!r}.")
         if self.fast_update_ratio <= self.stall_update_ratio:
             raise ValueError(
                 f"StreamThresholds.fast_update_ratio ({self.fast_update_ratio!r}) must be above "
@@ -192,6 +209,10 @@ class EpochEvidence:
             ``weight_growth``); False for parts in series such as a backbone and a head.
         max_update_ratio: Largest measured ``||dw|| / ||w||`` of one logged step (absent with
             the proxy).
+        train_acc: Each stream's own training accuracy this epoch (prediction protocol).
+        val_acc: Its validation accuracy, when validation ran this epoch.
+        chance: Its chance accuracy, 1/K.
+        predictions_seen: Whether the model returned per-stream predictions at all.
         update_ratio_is_proxy: ``update_ratio`` holds the proxy ``lr * ||g|| / ||w||``
             (``track_updates=False``), not the measured update.
     """
@@ -214,6 +235,10 @@ class EpochEvidence:
     group: Mapping[str, str] = field(default_factory=dict)
     shares_group_with: Mapping[str, Sequence[str]] = field(default_factory=dict)
     compare_streams: bool = True
+    train_acc: Mapping[str, float] = field(default_factory=dict)
+    val_acc: Mapping[str, float] = field(default_factory=dict)
+    chance: Mapping[str, float] = field(default_factory=dict)
+    predictions_seen: bool = False
     update_ratio_is_proxy: bool = False
 
 
@@ -326,8 +351,17 @@ class Advisor:
             out["overfitting"][m] = (raw, score)
         overfitting = {m for m in ev.streams if out["overfitting"][m][0] or self._is_active("overfitting", m)}
         learning = [m for m in ev.streams if m not in ev.frozen and m not in ev.not_optimized]
-
-        fast = self._too_fast(ev, learning, out)
+        fast = self._too_fast(ev, learning, out)  # a concrete root cause, before "nothing learns"
+        at_chance = self._at_chance(ev, learning)
+        out["not_learning"][ALL] = (at_chance and not fast if at_chance is not None else None, None)
+        if out["not_learning"][ALL][0] or self._is_active("not_learning", ALL):
+            return out  # nothing to compare while nothing learns
+        # a converged stream's vanishing gradients are success: treated like a memorising one below
+        overfitting |= {
+            m
+            for m in learning
+            if ev.train_acc.get(m, 0.0) >= t.converged_acc and ev.val_acc.get(m, 1.0) >= t.converged_acc
+        }
 
         for m in learning:
             u = ev.update_ratio.get(m)
@@ -373,6 +407,15 @@ class Advisor:
                 )
         return out
 
+    def _at_chance(self, ev: EpochEvidence, learning: Sequence[str]) -> bool | None:
+        """True if every learning stream's measured accuracy is within ``chance_margin`` of chance."""
+        measured = [m for m in learning if m in ev.train_acc and m in ev.chance]
+        if not learning or len(measured) < len(learning):
+            return None
+        margin = self.thresholds.chance_margin
+        accuracies = [(ev.train_acc[m], ev.val_acc.get(m, ev.train_acc[m]), ev.chance[m]) for m in measured]
+        return all(train <= chance + margin and val <= chance + margin for train, val, chance in accuracies)
+
     def _too_fast(
         self, ev: EpochEvidence, learning: Sequence[str], out: dict[str, dict[str, tuple[bool | None, float | None]]]
     ) -> set[str]:
@@ -407,6 +450,12 @@ class Advisor:
         conditions = self._conditions(ev)
         recs: list[Recommendation] = []
         for kind in KINDS:
+            if kind == "not_learning":
+                raw, _ = conditions[kind].get(ALL, (None, None))
+                flag = self._update(kind, ALL, raw, None)
+                if flag.active:
+                    recs.append(Recommendation(kind, None, _msg_not_learning(ev, flag), "warning", max(flag.held, 1)))
+                continue
             for m in ev.streams:
                 raw, value = conditions[kind].get(m, (None, None))
                 flag = self._update(kind, m, raw, value)
@@ -483,6 +532,17 @@ def _msg_dominant(ev: EpochEvidence, m: str, flag: _Flag) -> str:
 
 def _ratio_name(ev: EpochEvidence) -> str:
     return "lr*||g||/||w|| (a proxy: track_updates=False)" if ev.update_ratio_is_proxy else "||dw||/||w||"
+
+
+def _msg_not_learning(ev: EpochEvidence, flag: _Flag) -> str:
+    accuracies = ", ".join(f"{m} {_fmt(ev.train_acc[m])}" for m in ev.streams if m in ev.train_acc)
+    classes = sorted({round(1 / c) for c in ev.chance.values() if c > 0})
+    chance = "chance" if len(classes) != 1 else f"chance (1/{classes[0]} = {_fmt(1 / classes[0])})"
+    return (
+        f"no stream learns: every stream's accuracy is at {chance} (train {accuracies}) {_for(flag)}. Check the "
+        "data pipeline (are the labels aligned with the inputs, are the inputs normalised?) and the learning rates "
+        "(a far too small lr leaves every stream where it started)."
+    )
 
 
 def _msg_too_fast(ev: EpochEvidence, m: str, flag: _Flag) -> str:
@@ -571,7 +631,8 @@ def _healthy_message(ev: EpochEvidence) -> str:
         details.append("overfitting score " + ", ".join(f"{m} {_fmt(v)}" for m, v in ev.overfit_score.items()))
     if ev.compare_streams:
         if not ev.overfit_score:
-            details.append("overfitting not measured (no per-stream predictions)")
+            reason = "no validation this epoch" if ev.predictions_seen else "no per-stream predictions"
+            details.append(f"overfitting not measured ({reason})")
         return "healthy: no stream is starving, dominating, memorising or diverging (" + "; ".join(details) + ")."
     # parts in series (backbone, head) have no predictions of their own and are not compared
     details.append(f"the parts {list(ev.streams)} are in series and not compared with each other")

@@ -917,6 +917,7 @@ class StreamMonitor(EpochEndCallback):
         acc_gaps: dict[str, float] = {}
         ogrs: dict[str, float] = {}
         scores: dict[str, float] = {}
+        accuracy: dict[str, dict[str, float]] = {"train": {}, "val": {}}
         for stream in self._bindings:
             tr = {
                 name: host[f"train/{name}/{stream}"]
@@ -930,6 +931,7 @@ class StreamMonitor(EpochEndCallback):
             }
             for stage, values in (("train", tr), ("val", va)):
                 if values:
+                    accuracy[stage][stream] = values["acc"]
                     metrics[self._key(f"{stage}_acc", stream)] = values["acc"]
                     metrics[self._key(f"{stage}_loss", stream)] = values["loss"]
             if tr:
@@ -960,7 +962,7 @@ class StreamMonitor(EpochEndCallback):
             if speed is not None:
                 metrics[self._key("learning_speed", f"{a}_vs_{b}")] = speed
 
-        evidence = self._evidence(trainer, epoch, overfit, acc_gaps, ogrs, discrepancy)
+        evidence = self._evidence(trainer, epoch, overfit, acc_gaps, ogrs, discrepancy, accuracy)
         self.recommendations = self._advisor.advise(evidence)
         self.recommendation_history.append((epoch, list(self.recommendations)))
         for stream in self._bindings:
@@ -979,6 +981,7 @@ class StreamMonitor(EpochEndCallback):
         acc_gaps: dict[str, float],
         ogrs: dict[str, float],
         discrepancy: dict[str, float],
+        accuracy: dict[str, dict[str, float]],
     ) -> EpochEvidence:
         grad_norm, update, largest, growth, nonfinite, lr, wd = {}, {}, {}, {}, {}, {}, {}
         frozen, not_optimized = set(), set()
@@ -1025,6 +1028,14 @@ class StreamMonitor(EpochEndCallback):
             shares_group_with={s: b.shares_with for s, b in self._bindings.items()},
             compare_streams=self._compare,
             update_ratio_is_proxy=not self.track_updates,
+            train_acc=accuracy["train"],
+            val_acc=accuracy["val"],
+            chance={
+                stream: 1.0 / metrics["acc"].num_classes
+                for stream, metrics in self._metrics["train"].items()
+                if stream in accuracy["train"]
+            },
+            predictions_seen=bool(self._metrics["train"] or self._metrics["val"]),
         )
 
     def _record_history(self, epoch: int, epoch_metrics: dict[str, float]) -> None:

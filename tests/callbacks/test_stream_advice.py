@@ -300,3 +300,45 @@ def test_healthy_step_sizes_are_not_too_fast():
 def test_fast_threshold_must_be_above_the_stall_threshold():
     with pytest.raises(ValueError, match="fast_update_ratio"):
         StreamThresholds(fast_update_ratio=1e-8)
+
+
+def test_every_stream_at_chance_says_nothing_learns():
+    advisor = Advisor(StreamThresholds(patience=2))
+    at_chance = {
+        "train_acc": {"rgb": 0.26, "depth": 0.24},
+        "val_acc": {"rgb": 0.25, "depth": 0.27},
+        "chance": {"rgb": 0.25, "depth": 0.25},
+        "update_ratio": {"rgb": 1e-3, "depth": 1e-5},  # would read "depth learns slowly" otherwise
+        "predictions_seen": True,
+    }
+    assert _kinds(advisor.advise(_evidence(0, **at_chance))) == {("healthy", None)}  # patience
+    (rec,) = advisor.advise(_evidence(1, **at_chance))
+    assert (rec.kind, rec.stream, rec.severity) == ("not_learning", None, "warning")
+    assert rec.message.startswith("no stream learns: every stream's accuracy is at chance (1/4 = 0.25)")
+    assert "data pipeline" in rec.message and "learning rates" in rec.message
+    # one stream above chance: that is not "nothing learns"
+    one_learns = {**at_chance, "train_acc": {"rgb": 0.6, "depth": 0.24}, "val_acc": {"rgb": 0.55, "depth": 0.27}}
+    fresh = Advisor(StreamThresholds(patience=1))
+    assert ("not_learning", None) not in _kinds(fresh.advise(_evidence(0, **one_learns)))
+
+
+def test_a_converged_stream_is_not_a_problem_nor_a_yardstick():
+    advisor = Advisor(StreamThresholds(patience=1))
+    # rgb solved its part: tiny gradients and updates; depth still learning normally
+    evidence = {
+        "train_acc": {"rgb": 1.0, "depth": 0.7},
+        "val_acc": {"rgb": 0.995, "depth": 0.65},
+        "chance": {"rgb": 0.25, "depth": 0.25},
+        "grad_norm": {"rgb": 0.004, "depth": 1.0},
+        "update_ratio": {"rgb": 2e-6, "depth": 1e-3},
+        "overfit_score": {"rgb": 0.01, "depth": 0.1},
+        "predictions_seen": True,
+    }
+    assert _kinds(advisor.advise(_evidence(0, **evidence))) == {("healthy", None)}
+
+
+def test_overfitting_not_measured_names_the_right_reason():
+    seen = Advisor(StreamThresholds()).advise(_evidence(predictions_seen=True))
+    assert "overfitting not measured (no validation this epoch)" in seen[0].message
+    unseen = Advisor(StreamThresholds()).advise(_evidence())
+    assert "overfitting not measured (no per-stream predictions)" in unseen[0].message
