@@ -107,8 +107,9 @@ class StreamThresholds:
             per step on the scenario suite's small CNNs at lr 3e-3, 1e-5-1e-4 when fine-tuning.
         weight_growth_ratio: A stream whose weight norm grew (``||w_t|| / ||w_0||``) this many
             times more than every other stream's grows too fast.
-        converged_acc: A stream whose training and validation accuracy are at least this has
-            converged: it is exempt from the update rules and no yardstick for the others.
+        converged_acc: A stream whose training accuracy (and validation accuracy, when measured)
+            are at least this has converged: it is exempt from the update rules and no yardstick
+            for the others.
         chance_margin: Every stream's accuracy within this of chance (1/K) means nothing learns.
         patience: Consecutive epochs a condition must hold before it is reported, and must
             fail before the report is withdrawn.
@@ -550,7 +551,7 @@ def _msg_too_fast(ev: EpochEvidence, m: str, flag: _Flag) -> str:
     grown = f"; its weights are now x{_fmt(growth)} their size at the start" if growth is not None else ""
     return (
         f"{m} moves too fast (a step moved its weights by {_fmt(flag.value)} of their norm, update ratio "
-        f"||dw||/||w||; healthy steps are far below 0.1{grown}): lower {_group(ev, m)} {_knob(ev, m, 'lr')}; "
+        f"||dw||/||w||{grown}): lower {_group(ev, m)} {_knob(ev, m, 'lr')}; "
         "warm-up or gradient clipping (ParamGroup max_grad_norm) also bound the first steps." + _shared_note(ev, m)
     )
 
