@@ -18,6 +18,7 @@ import torch.nn.functional as F  # noqa: N812
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -118,6 +119,11 @@ class _EpochAccumulator:
     weight_norm: float = 0.0
     weight_steps: int = 0
     last_weight_norm: float | None = None
+
+
+def _numel(parameter: Tensor) -> int:
+    """Element count; 0 for a lazy module's parameter that has not been materialised."""
+    return 0 if is_lazy(parameter) else parameter.numel()
 
 
 def _loss_scale(scaler: Any) -> Tensor:
@@ -316,6 +322,7 @@ class StreamMonitor(EpochEndCallback):
         self._resolved: dict[str, list[str]] | None = None
         self._names: dict[str, list[str]] = {}
         self._bindings: dict[str, _Binding] = {}
+        self._bind_deferred = False
         self._pending: dict[str, Any] | None = None
         self._acc: dict[str, _EpochAccumulator] = {}
         self._initial_weight_norm: dict[str, float] = {}
@@ -406,8 +413,13 @@ class StreamMonitor(EpochEndCallback):
         if any(True for _ in pl_module.parameters()):
             self._names = self._match(pl_module)
 
-    def _bind(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _bind(self, trainer: pl.Trainer, pl_module: pl.LightningModule, defer_lazy: bool = True) -> None:
         self._names = self._match(pl_module)
+        # Lazy modules (nn.LazyConv2d, ...) get their shapes in the first forward: bind after it
+        # (a lazy module that never runs counts 0 elements).
+        self._bind_deferred = defer_lazy and any(is_lazy(p) for p in pl_module.parameters())
+        if self._bind_deferred:
+            return
         if self.compare_streams is None:
             self._compare = bool(getattr(pl_module, "parts_are_peers", True))
         params = dict(pl_module.named_parameters())
@@ -426,14 +438,14 @@ class StreamMonitor(EpochEndCallback):
             counts: dict[tuple[int, int], int] = {}
             for p in ps:
                 if id(p) in location:
-                    counts[location[id(p)]] = counts.get(location[id(p)], 0) + p.numel()
+                    counts[location[id(p)]] = counts.get(location[id(p)], 0) + _numel(p)
                     stream_of_group.setdefault(location[id(p)], set()).add(stream)
             main = max(counts, key=counts.__getitem__) if counts else None
             bindings[stream] = _Binding(
                 names=names,
                 params=ps,
                 trainable=[p for p in ps if p.requires_grad],
-                numel=sum(p.numel() for p in ps),
+                numel=sum(_numel(p) for p in ps),
                 group=main,
                 group_name=group_names.get(main) if main is not None else None,
                 optimized=bool(counts),
@@ -544,6 +556,10 @@ class StreamMonitor(EpochEndCallback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
+        if self._bind_deferred:
+            self._bind(trainer, pl_module, defer_lazy=False)
+            for stream in self._bindings:
+                self._acc.setdefault(stream, _EpochAccumulator())
         if not self._bindings or self._pending is not None or not self._should_log_step(trainer):
             return
         values: list[Tensor] = []

@@ -73,3 +73,27 @@ def test_soft_targets_skip_the_prediction_metrics_with_one_warning(tmp_path):
     assert sum("soft labels" in str(w.message) for w in caught) == 1
     assert not any("val_acc" in key for key in monitor.history)
     assert any("grad_norm" in key for key in monitor.history)  # the rest of the monitor still works
+
+
+class LazyBranch(TwoBranchNet):
+    """A branch built with nn.LazyConv2d: its parameters have no shape until the first forward."""
+
+    def __init__(self) -> None:
+        super().__init__(declare_streams=True)
+        self.visible_net = torch.nn.Sequential(
+            torch.nn.LazyConv2d(4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+        )
+
+
+def test_lazy_modules_without_a_sanity_check_are_bound_after_the_first_forward(tmp_path):
+    monitor = StreamMonitor(log_every_n_steps=1)
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=2, num_sanity_val_steps=0))
+    model = LazyBranch()
+    trainer.fit(model, loader(n=32), loader(n=16, seed=1))
+    expected = sum(
+        p.numel() for name, p in model.named_parameters() if name.startswith(("visible_net", "visible_head"))
+    )
+    assert monitor._bindings["visible"].numel == expected > 0
+    # both epochs measured, from the first step on
+    assert len(monitor.history["streams/grad_norm/visible"]) == 2
+    assert all(value > 0 for _, value in monitor.history["streams/grad_norm/visible"])
