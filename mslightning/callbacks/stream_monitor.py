@@ -557,9 +557,7 @@ class StreamMonitor(EpochEndCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
         if self._bind_deferred:
-            self._bind(trainer, pl_module, defer_lazy=False)
-            for stream in self._bindings:
-                self._acc.setdefault(stream, _EpochAccumulator())
+            self._bind(trainer, pl_module, defer_lazy=False)  # also gives every stream its accumulator
         if not self._bindings or self._pending is not None or not self._should_log_step(trainer):
             return
         values: list[Tensor] = []

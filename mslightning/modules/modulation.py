@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -454,18 +455,13 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
                 mask = batch.get("mask")
                 keep = response_mask(responses, None if mask is None else mask.to(self.device), self.burn_in)
                 inputs = {key: batch[key].to(self.device) for key in INPUTS}
+                stand_ins = {key: reference[key].to(value).expand_as(value) for key, value in inputs.items()}
+                if precision is not None:  # as in validation: bf16-true/16-true cast the inputs, *-mixed autocast
+                    inputs, stand_ins = precision.convert_input(inputs), precision.convert_input(stand_ins)
                 for kept in coalitions:
-                    given = {
-                        key: value if key in kept else reference[key].to(value).expand_as(value)
-                        for key, value in inputs.items()
-                    }
-                    if precision is None:
-                        rates = self(given["stimulus"], given["behaviour"], session)
-                    else:  # as in validation: bf16-true/16-true cast the inputs, *-mixed autocast
-                        given = precision.convert_input(given)
-                        with precision.forward_context():
-                            rates = self(given["stimulus"], given["behaviour"], session)
-                    rates = rates.float()
+                    given = {key: inputs[key] if key in kept else stand_ins[key] for key in INPUTS}
+                    with precision.forward_context() if precision is not None else nullcontext():
+                        rates = self(given["stimulus"], given["behaviour"], session).float()
                     pair = metrics[f"{session}__{names[kept]}"]
                     pair["corr"].update(rates, responses, keep)
                     pair["bits"].update(rates, responses, keep)
