@@ -1,9 +1,16 @@
-"""What a stream is: the name rule and the checks a multi-stream classification batch must pass.
+"""What a stream is: its name rule, the parameters it owns, its per-stream outputs, its batches.
 
 A *stream* is one named input of a multi-stream network (``rgb``, ``depth``, ...). Names come
 from the user and end up in module and parameter names (``encoders.rgb.*``: torch forbids ``.``
 there), TensorBoard tags (``streams/grad_norm/rgb``) and group names, so one rule applies
 everywhere (:data:`STREAM_NAME_PATTERN`): letters, digits, ``_`` and ``-``.
+
+A stream owns the parameters that parameter-name patterns select (:func:`stream_patterns_of`,
+:func:`match_streams`; the pattern language is :mod:`mslightning.optim.patterns`), each parameter
+at most one stream. A module that wants its streams watched separately returns, from its
+training and validation steps, each stream's own prediction through the *per-stream output
+protocol*: :class:`ClassificationOutputs`, :class:`RankingOutputs` or :class:`PoissonOutputs`
+under the key ``"stream_outputs"`` (:func:`parse_stream_outputs`).
 
 The batch contract of every classification datamodule and module is ``(inputs, target)``:
 ``inputs`` maps each stream name to a floating-point tensor ``(B, C_m, H, W)`` (or ``(B, D_m)``
@@ -15,18 +22,31 @@ names what disagrees, before torch would fail with a less helpful message.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from mslightning.optim.patterns import Patterns, as_pattern_list, assign_owners, describe_names
 
 __all__ = [
+    "IGNORE_INDEX",
     "STREAM_NAME_PATTERN",
+    "STREAM_OUTPUTS_KEY",
+    "ClassificationOutputs",
+    "PoissonOutputs",
+    "RankingOutputs",
+    "StreamOutputs",
     "check_classification_batch",
     "check_stream_inputs",
     "check_stream_name",
+    "check_stream_patterns",
     "check_streams",
+    "match_streams",
+    "parse_stream_outputs",
+    "stream_patterns_of",
 ]
 
 STREAM_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
@@ -186,3 +206,325 @@ def check_classification_batch(
                 f"{owner} has num_classes={num_classes} but the data's labels range over [{low}, {high}]; "
                 f"labels must lie in [0, {num_classes - 1}]. Make the model's num_classes and the data agree."
             )
+
+
+# ---------------------------------------------------------------------- the parameters a stream owns
+
+
+def check_stream_patterns(streams: Any, origin: str = "streams") -> dict[str, list[str]]:
+    """Validate a stream name -> parameter-name pattern(s) mapping.
+
+    Args:
+        streams: E.g. ``{"rgb": "rgb_net.*", "depth": ["depth_net.*", "depth_head.*"]}``.
+        origin: Where the mapping came from, for the message.
+
+    Returns:
+        Stream name -> list of patterns, in order.
+
+    Raises:
+        ValueError: If ``streams`` is not a non-empty mapping, a name breaks the name rule, or a
+            pattern is empty or not a string.
+    """
+    if not isinstance(streams, Mapping) or not streams:
+        raise ValueError(
+            f"{origin} must be a non-empty mapping stream name -> parameter-name pattern(s), got {streams!r}."
+        )
+    resolved = {}
+    for name, patterns in streams.items():
+        check_stream_name(name, origin)
+        try:
+            resolved[name] = as_pattern_list(patterns)
+        except ValueError as err:
+            raise ValueError(f"{origin}[{name!r}]: {err}") from err
+    return resolved
+
+
+def stream_patterns_of(
+    module: nn.Module, streams: Mapping[str, Patterns] | None = None, owner: str = "StreamMonitor"
+) -> dict[str, list[str]]:
+    """The streams to watch: ``streams`` if given, else the module's own ``stream_patterns``.
+
+    Args:
+        module: The model; its ``stream_patterns`` attribute declares its parts once.
+        streams: An explicit stream -> pattern(s) mapping, or None.
+        owner: Who asks, for the message.
+
+    Returns:
+        Stream name -> list of patterns.
+
+    Raises:
+        ValueError: If neither is given (naming the module's parameters), or the mapping is invalid.
+    """
+    if streams is not None:
+        return check_stream_patterns(streams, "streams")
+    declared = getattr(module, "stream_patterns", None)
+    if declared is None:
+        names = [name for name, _ in module.named_parameters()]
+        raise ValueError(
+            f"{owner} needs streams: pass {owner}(streams={{'rgb': 'rgb_net.*', ...}}) or give "
+            f"{type(module).__name__} a `stream_patterns` attribute (stream name -> patterns). "
+            f"Its parameters are named {describe_names(names)}."
+        )
+    return check_stream_patterns(declared, f"{type(module).__name__}.stream_patterns")
+
+
+def match_streams(
+    module: nn.Module, patterns: Mapping[str, list[str]], owner: str = "StreamMonitor"
+) -> dict[str, list[str]]:
+    """Each stream's parameter names; every parameter belongs to at most one stream.
+
+    Args:
+        module: The model.
+        patterns: Stream name -> patterns (from :func:`stream_patterns_of`).
+        owner: Who asks, for the message.
+
+    Returns:
+        Stream name -> the names of the parameters it owns, in ``named_parameters()`` order.
+
+    Raises:
+        ValueError: If a stream matches no parameter (naming the module's parameters) or a parameter
+            is matched by two streams (naming both).
+    """
+    names = [name for name, _ in module.named_parameters()]
+    try:
+        matched = assign_owners(names, patterns, "stream")
+    except ValueError as err:
+        raise ValueError(f"{owner}: {err}") from err
+    empty = [stream for stream, owned in matched.items() if not owned]
+    if empty:
+        details = "; ".join(f"{s!r} -> {patterns[s]}" for s in empty)
+        raise ValueError(
+            f"{owner}: stream(s) {details} match no parameter of {type(module).__name__}. "
+            f"Its parameters are named {describe_names(names)}."
+        )
+    return matched
+
+
+# ---------------------------------------------------------------------- the per-stream output protocol
+
+STREAM_OUTPUTS_KEY = "stream_outputs"
+"""The key of a step's output dict that holds its :class:`StreamOutputs`."""
+
+IGNORE_INDEX = -100
+"""Classification targets equal to this (``torch.nn.functional.cross_entropy``'s default) are not scored."""
+
+
+def _shape(value: Any) -> Any:
+    return tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+
+
+@dataclass(frozen=True)
+class StreamOutputs:
+    """One batch's per-stream predictions and the target they predict; see the three tasks below.
+
+    A training or validation step returns it next to the loss,
+    ``{"loss": loss, "stream_outputs": ClassificationOutputs(predictions={...}, target=y)}``, and
+    :class:`~mslightning.callbacks.StreamMonitor` scores each stream's own prediction over the
+    epoch: a quality *score* (higher is better), a *loss*, and a *confidence* in the right answer
+    for the balance between streams. Predictions may be detached; they are read, never trained.
+
+    Attributes:
+        predictions: Stream name -> that stream's own prediction (shape per task).
+        target: What every stream predicts (shape per task).
+    """
+
+    predictions: Mapping[str, Tensor]
+    target: Tensor
+
+    task: ClassVar[str] = ""
+    """The task's name."""
+    score_name: ClassVar[str] = ""
+    """The name of its quality score in logged keys (``train_<score_name>/<stream>``)."""
+    score_label: ClassVar[str] = ""
+    """The score in words, for messages."""
+    confidence_name: ClassVar[str] = ""
+    """The name of its confidence in logged keys."""
+
+    def check(self, streams: Sequence[str] | None = None) -> None:
+        """Validate the shapes and dtypes against each other and against the monitored streams.
+
+        Args:
+            streams: The monitored stream names; a prediction for another stream is an error.
+
+        Raises:
+            ValueError: Naming the stream, what was expected and what came.
+        """
+        if not isinstance(self.predictions, Mapping) or not self.predictions:
+            raise ValueError(
+                f"{type(self).__name__}.predictions must map stream name -> prediction tensor, "
+                f"got {_shape(self.predictions)}."
+            )
+        if not isinstance(self.target, Tensor):
+            raise ValueError(f"{type(self).__name__}.target must be a tensor, got {type(self.target).__name__}.")
+        if streams is not None:
+            unknown = [name for name in self.predictions if name not in streams]
+            if unknown:
+                raise ValueError(
+                    f"{type(self).__name__}.predictions has stream(s) {unknown} that are not monitored; the "
+                    f"monitored streams are {list(streams)}."
+                )
+        for name, prediction in self.predictions.items():
+            if not isinstance(prediction, Tensor) or not prediction.is_floating_point():
+                raise ValueError(
+                    f"{type(self).__name__}.predictions[{name!r}] must be a floating-point tensor, got "
+                    f"{getattr(prediction, 'dtype', type(prediction).__name__)}."
+                )
+            self._check_prediction(name, prediction)
+
+    def _check_prediction(self, name: str, prediction: Tensor) -> None:
+        raise NotImplementedError
+
+    def chance(self, prediction: Tensor) -> float:
+        """The score of a prediction that knows nothing (what ``not_learning`` compares with).
+
+        Args:
+            prediction: One stream's prediction (its shape may tell the number of classes).
+
+        Returns:
+            The chance-level score.
+        """
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ClassificationOutputs(StreamOutputs):
+    """Per-stream class logits.
+
+    Score: accuracy (``acc``). Loss: cross-entropy. Confidence: the softmax probability of the
+    true class (``true_class_score``, the OGM-GE score). Targets equal to :data:`IGNORE_INDEX`
+    are left out.
+
+    Attributes:
+        predictions: Stream -> logits ``(B, K)``, or ``(B, 1)`` for a binary head (one logit ``z``:
+            classes 0 and 1 with logits ``(0, z)``).
+        target: ``(B,)`` integer class indices in ``[0, K)`` (or ``-100``).
+    """
+
+    task: ClassVar[str] = "classification"
+    score_name: ClassVar[str] = "acc"
+    score_label: ClassVar[str] = "accuracy"
+    confidence_name: ClassVar[str] = "true_class_score"
+
+    def _check_prediction(self, name: str, prediction: Tensor) -> None:
+        if self.target.ndim != 1 or self.target.is_floating_point():
+            raise ValueError(
+                f"ClassificationOutputs.target must be (B,) integer class indices, got {self.target.dtype} "
+                f"{_shape(self.target)}."
+            )
+        if prediction.ndim != 2 or prediction.shape[0] != self.target.shape[0]:
+            raise ValueError(
+                f"ClassificationOutputs.predictions[{name!r}] must be (B, K) logits with B = {self.target.shape[0]} "
+                f"(from the target), got {_shape(prediction)}."
+            )
+
+    def chance(self, prediction: Tensor) -> float:  # noqa: D102
+        return 1.0 / max(prediction.shape[-1], 2)
+
+
+@dataclass(frozen=True)
+class RankingOutputs(StreamOutputs):
+    """Per-stream pairwise preferences: whether each stream prefers item a to item b.
+
+    Score: pair accuracy (``pair_acc``) over the pairs that are not ties. Loss: the log loss of
+    ``sigmoid(z)`` against the target probability (binary cross-entropy with logits).
+    Confidence: the probability the stream gives to the preferred item (``preferred_prob``).
+
+    Attributes:
+        predictions: Stream -> logits ``(B,)`` (or ``(B, 1)``) of "a is preferred to b".
+        target: ``(B,)`` float probability that a is preferred (1 or 0 for a hard label, the
+            share of votes for a soft one); exactly 0.5 is a tie, left out of the pair accuracy.
+    """
+
+    task: ClassVar[str] = "ranking"
+    score_name: ClassVar[str] = "pair_acc"
+    score_label: ClassVar[str] = "pair accuracy"
+    confidence_name: ClassVar[str] = "preferred_prob"
+
+    def _check_prediction(self, name: str, prediction: Tensor) -> None:
+        if self.target.ndim != 1 or not self.target.is_floating_point():
+            raise ValueError(
+                f"RankingOutputs.target must be (B,) float probabilities that a is preferred, got "
+                f"{self.target.dtype} {_shape(self.target)}."
+            )
+        if prediction.reshape(prediction.shape[0], -1).shape[1] != 1 or prediction.shape[0] != self.target.shape[0]:
+            raise ValueError(
+                f"RankingOutputs.predictions[{name!r}] must be (B,) or (B, 1) logits with B = {self.target.shape[0]}, "
+                f"got {_shape(prediction)}."
+            )
+
+    def chance(self, prediction: Tensor) -> float:  # noqa: D102
+        return 0.5
+
+
+@dataclass(frozen=True)
+class PoissonOutputs(StreamOutputs):
+    """Per-stream predicted spike counts (or rates per bin) of recorded neurons.
+
+    Score: the Pearson correlation of prediction and response per neuron over every bin of the
+    epoch, averaged over neurons (``corr``). Loss: the Poisson negative log-likelihood per bin,
+    ``mean(pred - y * log(pred))`` (without the ``log(y!)`` constant). Confidence: the correlation
+    clipped at 0.
+
+    Attributes:
+        predictions: Stream -> non-negative predictions ``(B, ..., N)`` (last axis: neurons).
+        target: Observed counts, the same shape.
+        mask: Optional bool tensor of that shape: False marks bins without a recording.
+        session: Which recording the neurons belong to (models with one readout per session
+            score each session's neurons separately); None for one set of neurons.
+    """
+
+    mask: Tensor | None = None
+    session: str | None = None
+
+    task: ClassVar[str] = "poisson"
+    score_name: ClassVar[str] = "corr"
+    score_label: ClassVar[str] = "correlation"
+    confidence_name: ClassVar[str] = "corr_clipped"
+
+    def _check_prediction(self, name: str, prediction: Tensor) -> None:
+        if prediction.shape != self.target.shape or prediction.ndim < 2:
+            raise ValueError(
+                f"PoissonOutputs.predictions[{name!r}] must have the target's shape (B, ..., N) "
+                f"{_shape(self.target)}, got {_shape(prediction)}."
+            )
+        if self.mask is not None and (not isinstance(self.mask, Tensor) or self.mask.shape != self.target.shape):
+            raise ValueError(
+                f"PoissonOutputs.mask must have the target's shape {_shape(self.target)}, got {_shape(self.mask)}."
+            )
+
+    def chance(self, prediction: Tensor) -> float:  # noqa: D102
+        return 0.0
+
+
+def parse_stream_outputs(outputs: Any) -> StreamOutputs | None:
+    """The per-stream outputs of one step's output, or None when it carries none.
+
+    Accepted: ``{"stream_outputs": <StreamOutputs>, ...}``, and the older dict form
+    ``{"stream_logits": {stream: (B, K) logits}, "target": (B,) class indices}`` (classification).
+
+    Args:
+        outputs: What ``training_step``/``validation_step`` returned.
+
+    Returns:
+        The outputs (not yet checked, see :meth:`StreamOutputs.check`), or None.
+
+    Raises:
+        ValueError: If ``"stream_outputs"`` holds something else than a :class:`StreamOutputs`, or
+            ``"stream_logits"`` is not a mapping.
+    """
+    if not isinstance(outputs, Mapping):
+        return None
+    typed = outputs.get(STREAM_OUTPUTS_KEY)
+    if typed is not None:
+        if not isinstance(typed, StreamOutputs):
+            raise ValueError(
+                f"The step's {STREAM_OUTPUTS_KEY!r} must be a ClassificationOutputs, RankingOutputs or "
+                f"PoissonOutputs (mslightning.streams), got {type(typed).__name__}."
+            )
+        return typed
+    if "stream_logits" not in outputs or "target" not in outputs:
+        return None
+    stream_logits = outputs["stream_logits"]
+    if not isinstance(stream_logits, Mapping):
+        raise ValueError(f"'stream_logits' must map stream name -> (B, K) logits, got {type(stream_logits).__name__}.")
+    return ClassificationOutputs(predictions=dict(stream_logits), target=outputs["target"])

@@ -199,7 +199,7 @@ class EpochEvidence:
         frozen: Streams with no trainable parameter or no gradient this epoch.
         not_optimized: Streams with gradients whose parameters no optimizer holds.
         overfit_score: Overfitting score (needs per-stream predictions).
-        acc_gap: Train minus validation accuracy.
+        acc_gap: Train minus validation score.
         ogr: Overfitting-to-generalisation ratio.
         discrepancy: OGM-GE discrepancy ratio.
         lr: Current lr of the stream's (main) param group.
@@ -210,12 +210,18 @@ class EpochEvidence:
             ``weight_growth``); False for parts in series such as a backbone and a head.
         max_update_ratio: Largest measured ``||dw|| / ||w||`` of one logged step (absent with
             the proxy).
-        train_acc: Each stream's own training accuracy this epoch (prediction protocol).
-        val_acc: Its validation accuracy, when validation ran this epoch.
-        chance: Its chance accuracy, 1/K.
+        train_acc: Each stream's own training score this epoch (per-stream output protocol): its
+            accuracy, pair accuracy or correlation (see ``score_label``).
+        val_acc: Its validation score, when validation ran this epoch.
+        chance: Its chance-level score (1/K, 0.5 for pairs, 0 for a correlation).
         predictions_seen: Whether the model returned per-stream predictions at all.
         update_ratio_is_proxy: ``update_ratio`` holds the proxy ``lr * ||g|| / ||w||``
             (``track_updates=False``), not the measured update.
+        nonfinite_inputs: NaN/Inf values found in each stream's own batch inputs on the steps
+            whose gradients were not finite.
+        score_label: What ``train_acc``/``val_acc`` measure, in words: ``"accuracy"``
+            (classification), ``"pair accuracy"`` (ranking) or ``"correlation"`` (Poisson).
+        pretrained: Parts declared pretrained (the module's ``pretrained_parts``).
     """
 
     epoch: int
@@ -241,6 +247,9 @@ class EpochEvidence:
     chance: Mapping[str, float] = field(default_factory=dict)
     predictions_seen: bool = False
     update_ratio_is_proxy: bool = False
+    nonfinite_inputs: Mapping[str, int] = field(default_factory=dict)
+    score_label: str = "accuracy"
+    pretrained: frozenset[str] = frozenset()
 
 
 @dataclass

@@ -16,7 +16,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from mslightning.optim.patterns import as_pattern_list, compile_patterns, describe_names
+from mslightning.optim.patterns import as_pattern_list, assign_owners, describe_names, select_names
 
 __all__ = [
     "GROUP_KEYS",
@@ -218,38 +218,29 @@ def _assign(
             f"At most one group may omit `params` (the catch-all); got {catch_alls}. Give all but one of them patterns."
         )
 
-    owner: dict[str, str] = {}
-    members: dict[str, list[tuple[str, nn.Parameter]]] = {group.name: [] for group in groups}
     trainable_names = [name for name, param in named_params if param.requires_grad]
     frozen_names = [name for name, param in named_params if not param.requires_grad]
     by_name = dict(named_params)
+    patterned = {group.name: group.params for group in groups if not group.is_catch_all}
+    matched = assign_owners(trainable_names, patterned, "group")  # type: ignore[arg-type]
     for group in groups:
-        if group.is_catch_all:
+        if group.is_catch_all or matched[group.name]:
             continue
-        compiled = compile_patterns(group.params)  # type: ignore[arg-type]
-        matched = [name for name in trainable_names if any(rx.fullmatch(name) for rx in compiled)]
-        if not matched:
-            frozen_matched = [n for n in frozen_names if any(rx.fullmatch(n) for rx in compiled)]
-            detail = (
-                f"it matches only frozen parameters ({describe_names(frozen_matched)})"
-                if frozen_matched
-                else f"trainable parameters include {describe_names(trainable_names)}"
-            )
-            raise ValueError(
-                f"Parameter group {group.name!r} with patterns {group.params} matches no trainable parameter; {detail}."
-            )
-        for name in matched:
-            if name in owner:
-                other = next(g for g in groups if g.name == owner[name])
-                raise ValueError(
-                    f"Parameter {name!r} is matched by group {other.name!r} (patterns {other.params}) "
-                    f"and by group {group.name!r} (patterns {group.params}); each parameter must "
-                    "belong to exactly one group. Narrow one of the patterns."
-                )
-            owner[name] = group.name
-            members[group.name].append((name, by_name[name]))
+        frozen_matched = select_names(frozen_names, group.params)  # type: ignore[arg-type]
+        detail = (
+            f"it matches only frozen parameters ({describe_names(frozen_matched)})"
+            if frozen_matched
+            else f"trainable parameters include {describe_names(trainable_names)}"
+        )
+        raise ValueError(
+            f"Parameter group {group.name!r} with patterns {group.params} matches no trainable parameter; {detail}."
+        )
+    members: dict[str, list[tuple[str, nn.Parameter]]] = {
+        group.name: [(name, by_name[name]) for name in matched.get(group.name, [])] for group in groups
+    }
+    owned = {name for names in matched.values() for name in names}
 
-    leftover = [name for name in trainable_names if name not in owner]
+    leftover = [name for name in trainable_names if name not in owned]
     if leftover:
         if not catch_alls:
             all_patterns = {group.name: group.params for group in groups}

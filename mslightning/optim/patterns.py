@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 
 __all__ = [
     "Patterns",
     "as_pattern_list",
+    "assign_owners",
     "compile_patterns",
     "describe_names",
     "matches_any",
@@ -118,3 +119,39 @@ def describe_names(names: Sequence[str], limit: int = 8) -> str:
     shown = ", ".join(repr(name) for name in names[:limit])
     rest = len(names) - limit
     return f"{shown} and {rest} more" if rest > 0 else shown
+
+
+def assign_owners(names: Sequence[str], patterns: Mapping[str, Patterns], owner_kind: str) -> dict[str, list[str]]:
+    """Give each name to the one owner whose patterns match it; a name matched twice is an error.
+
+    The single home of the "each parameter has exactly one owner" rule, used by the parameter
+    groups (:func:`mslightning.optim.build_param_groups`) and by the streams of
+    :class:`~mslightning.callbacks.StreamMonitor`. Owners that match nothing get an empty list;
+    the caller says what that means for them.
+
+    Args:
+        names: Candidate names in order, e.g. from ``model.named_parameters()``.
+        patterns: Owner name -> its pattern(s).
+        owner_kind: What an owner is, for the message (``"group"``, ``"stream"``).
+
+    Returns:
+        Owner -> the names it owns, in input order, for every owner of ``patterns``.
+
+    Raises:
+        ValueError: If a name is matched by two owners, naming it, both owners and their patterns.
+    """
+    owner_of: dict[str, str] = {}
+    members: dict[str, list[str]] = {}
+    for owner, owner_patterns in patterns.items():
+        members[owner] = select_names(names, owner_patterns)
+        for name in members[owner]:
+            if name in owner_of:
+                first = owner_of[name]
+                raise ValueError(
+                    f"Parameter {name!r} is matched by {owner_kind} {first!r} (patterns "
+                    f"{as_pattern_list(patterns[first])}) and by {owner_kind} {owner!r} (patterns "
+                    f"{as_pattern_list(owner_patterns)}); each parameter must belong to exactly one {owner_kind}. "
+                    "Narrow one of the patterns."
+                )
+            owner_of[name] = owner
+    return members

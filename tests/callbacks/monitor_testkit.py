@@ -119,7 +119,10 @@ class TwoBranchNet(pl.LightningModule):
         return {"loss": loss, "target": target, "stream_logits": stream_logits, "logits": fused}
 
     def training_step(self, batch: Any, batch_idx: int) -> Any:
-        return self._step(batch)
+        out = self._step(batch)
+        loss = out["loss"] if isinstance(out, dict) else out
+        self.log("train_loss", loss.detach(), on_step=True, on_epoch=True)  # the x-axis the monitor must share
+        return out
 
     def validation_step(self, batch: Any, batch_idx: int) -> Any:
         return self._step(batch)

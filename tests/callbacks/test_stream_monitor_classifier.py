@@ -72,7 +72,7 @@ def test_tags_layout_fusion_weights_and_text(run):
     assert "streams/learning_speed/rgb_vs_depth" in scalars
     weights = model.fusion.stream_weights().detach()
     for i, s in enumerate(STREAMS):
-        assert scalars[f"streams/fusion/weight/{s}"][4] == pytest.approx(weights[i].item(), rel=1e-6)
+        assert scalars[f"streams/fusion/weight/{s}"][3] == pytest.approx(weights[i].item(), rel=1e-6)
     charts = layout_charts(read_layout(log_dir))
     assert "streams: gradients/grad_norm" in charts
     assert "pathways: stream ablation/shapley" in charts  # one merged layout for both callbacks

@@ -1,0 +1,386 @@
+"""The one list of StreamMonitor's logged metrics, and everything derived from it.
+
+:data:`METRICS` names every metric once, with when it is logged, over what (a stream or a pair
+of streams), its chart and its meaning. The callback's docstring table
+(:func:`metrics_table`), the TensorBoard custom-scalars layout (:func:`custom_scalar_layout`),
+the plain-text summary (:func:`format_summary`) and the tests' expected tags
+(:func:`expected_keys`) are all built from it, so they cannot disagree.
+
+Names with ``{score}`` or ``{confidence}`` depend on the task of the per-stream outputs
+(:mod:`mslightning.streams`): ``acc``/``true_class_score`` for classification,
+``pair_acc``/``preferred_prob`` for ranking, ``corr``/``corr_clipped`` for Poisson responses.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from mslightning.callbacks._tensorboard import Layout, multiline
+from mslightning.streams import ClassificationOutputs, PoissonOutputs, RankingOutputs, StreamOutputs
+
+__all__ = [
+    "METRICS",
+    "NOTES",
+    "MetricSpec",
+    "custom_scalar_layout",
+    "expected_keys",
+    "format_summary",
+    "metric_key",
+    "metrics_table",
+    "resolve",
+    "stream_pairs",
+]
+
+Needs = Literal["steps", "updates", "predictions", "validation"]
+_TASKS = (ClassificationOutputs, RankingOutputs, PoissonOutputs)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One logged metric.
+
+    Attributes:
+        name: Its name in ``<prefix>/<name>/<stream or pair>``; may hold ``{score}`` or ``{confidence}``.
+        when: ``"step"`` (every logging step) or ``"epoch"`` (once per epoch).
+        over: ``"stream"`` (one value per stream) or ``"pair"`` (``<a>_vs_<b>``).
+        chart: The custom-scalars category it is drawn in.
+        needs: What must be measured for it to exist: optimizer ``steps``, ``updates``
+            (``track_updates``), per-stream ``predictions``, or ``validation`` predictions.
+        description: Its meaning, for the documentation.
+        column: Its column title in :func:`format_summary`, or None.
+    """
+
+    name: str
+    when: Literal["step", "epoch"]
+    over: Literal["stream", "pair"]
+    chart: str
+    needs: Needs
+    description: str
+    column: str | None = None
+
+
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "grad_norm",
+        "step",
+        "stream",
+        "gradients",
+        "steps",
+        "L2 norm of the stream's gradients, all tensors as one vector.",
+        "grad",
+    ),
+    MetricSpec("grad_max", "step", "stream", "gradients", "steps", "Largest absolute gradient value."),
+    MetricSpec("rel_grad_norm", "step", "stream", "gradients", "steps", "``||g|| / ||w||``.", "|g|/|w|"),
+    MetricSpec("nonfinite_grads", "step", "stream", "gradients", "steps", "Number of NaN/Inf gradient values."),
+    MetricSpec(
+        "weight_norm",
+        "step",
+        "stream",
+        "weights and updates",
+        "steps",
+        "L2 norm of the stream's parameters (before the step).",
+    ),
+    MetricSpec("weight_mean", "step", "stream", "weights and updates", "steps", "Mean parameter value."),
+    MetricSpec(
+        "update_ratio",
+        "step",
+        "stream",
+        "weights and updates",
+        "updates",
+        "``||w_after - w_before|| / ||w_before||``, the step taken (with ``track_updates``).",
+        "|dw|/|w|",
+    ),
+    MetricSpec(
+        "lr",
+        "step",
+        "stream",
+        "weights and updates",
+        "steps",
+        "lr of the param group holding most of the stream's parameters.",
+    ),
+    MetricSpec("weight_decay", "step", "stream", "weights and updates", "steps", "weight decay of that param group."),
+    MetricSpec(
+        "grad_norm_ratio",
+        "step",
+        "pair",
+        "gradients",
+        "steps",
+        "``grad_norm`` of a over b (skipped when b's is 0 or not finite).",
+    ),
+    MetricSpec("weight_norm_ratio", "step", "pair", "weights and updates", "steps", "``weight_norm`` of a over b."),
+    MetricSpec(
+        "learning_speed",
+        "epoch",
+        "pair",
+        "gradients",
+        "steps",
+        "Conditional learning speed ``log10(mu_a / mu_b)``, ``mu = ||g||^2 / ||w||^2`` averaged over the epoch's "
+        "measured steps (Wu et al., ICML 2022); positive: a learns faster.",
+    ),
+    MetricSpec(
+        "train_{score}",
+        "epoch",
+        "stream",
+        "overfitting",
+        "predictions",
+        "The task's score of the stream's own prediction on the training batches: accuracy, pair accuracy or "
+        "correlation.",
+        "train {score}",
+    ),
+    MetricSpec("val_{score}", "epoch", "stream", "overfitting", "validation", "The same on validation.", "val {score}"),
+    MetricSpec(
+        "train_loss",
+        "epoch",
+        "stream",
+        "overfitting",
+        "predictions",
+        "Its loss: cross-entropy, log loss or Poisson NLL.",
+    ),
+    MetricSpec("val_loss", "epoch", "stream", "overfitting", "validation", "The same on validation."),
+    MetricSpec("{score}_gap", "epoch", "stream", "overfitting", "validation", "Train minus validation score."),
+    MetricSpec("loss_gap", "epoch", "stream", "overfitting", "validation", "Validation minus train loss."),
+    MetricSpec(
+        "overfit_score",
+        "epoch",
+        "stream",
+        "overfitting",
+        "validation",
+        "Score gap + loss gap (< 0.5 healthy, > 1 significant).",
+        "overfit",
+    ),
+    MetricSpec(
+        "ogr",
+        "epoch",
+        "stream",
+        "overfitting",
+        "validation",
+        "Overfitting-to-generalisation ratio ``|dO/dG|`` since the previous validated epoch, ``O = L_val - L_train``, "
+        "``dG`` the drop in ``L_val`` (Wang et al., CVPR 2020); skipped while ``dG`` is negligible next to ``L_val``.",
+        "OGR",
+    ),
+    MetricSpec(
+        "{confidence}",
+        "epoch",
+        "stream",
+        "balance",
+        "predictions",
+        "Mean confidence in the right answer on the training batches: true-class softmax probability, probability "
+        "of the preferred item, or the correlation clipped at 0.",
+    ),
+    MetricSpec(
+        "discrepancy_ratio",
+        "epoch",
+        "stream",
+        "balance",
+        "predictions",
+        "OGM-GE discrepancy ratio: the stream's confidence over the mean of the others' (Peng et al., CVPR 2022); "
+        "> 1: the stream dominates.",
+        "rho",
+    ),
+    MetricSpec("alerts", "epoch", "stream", "balance", "steps", "Number of active warnings naming the stream."),
+)
+"""Every metric :class:`~mslightning.callbacks.StreamMonitor` logs, in documentation order."""
+
+
+NOTES: dict[str, tuple[bool, str]] = {
+    "protocol": (
+        True,
+        "the steps return no per-stream outputs ({{'loss', 'stream_outputs': ClassificationOutputs(...)}} or "
+        "'stream_logits' + 'target'); gradient and weight metrics still work, the per-stream score, loss, "
+        "overfitting and balance metrics are skipped.",
+    ),
+    "series": (
+        False,
+        "the parts {streams} are in series, not parallel streams: gradient, weight and update metrics are logged "
+        "per part; compare the model's own train and val metrics for overfitting.",
+    ),
+    "soft": (
+        True,
+        "'target' is a float tensor {shape} (soft labels?); the per-stream metrics need class indices and are skipped.",
+    ),
+    "missing": (True, "the per-stream outputs have no prediction for {streams}; their metrics are skipped."),
+    "outside": (False, "{count} trainable parameter(s) belong to no stream and are not monitored: {names}."),
+    "no_logger": (False, "the Trainer has no logger; the metrics are kept in StreamMonitor.history only."),
+    "no_tensorboard": (
+        False,
+        "no TensorBoardLogger; scalars go to {loggers}, without the custom-scalars layout, advice text or histograms.",
+    ),
+}
+"""What StreamMonitor says once per run: note -> (a warning rather than information?, message template)."""
+
+
+def resolve(name: str, task: type[StreamOutputs] | None) -> str:
+    """A metric name with the task's score and confidence names filled in.
+
+    Args:
+        name: A :attr:`MetricSpec.name`.
+        task: The task of the per-stream outputs (default: classification).
+
+    Returns:
+        E.g. ``"train_acc"`` for ``"train_{score}"`` and classification.
+    """
+    task = task or ClassificationOutputs
+    return name.format(score=task.score_name, confidence=task.confidence_name)
+
+
+def metric_key(prefix: str, metric: str, over: str | None = None) -> str:
+    """The logged key ``<prefix>/<metric>[/<stream or pair>]``.
+
+    Args:
+        prefix: The monitor's prefix.
+        metric: The (resolved) metric name.
+        over: A stream, ``<a>_vs_<b>``, or None.
+
+    Returns:
+        The key.
+    """
+    return f"{prefix}/{metric}" if over is None else f"{prefix}/{metric}/{over}"
+
+
+def stream_pairs(streams: Sequence[str]) -> list[tuple[str, str]]:
+    """Every pair of streams in declaration order.
+
+    Args:
+        streams: Stream names.
+
+    Returns:
+        ``[(a, b), ...]`` with a before b; logged as ``<a>_vs_<b>``.
+    """
+    return [(a, b) for i, a in enumerate(streams) for b in streams[i + 1 :]]
+
+
+def _pairs(streams: Sequence[str]) -> list[str]:
+    return [f"{a}_vs_{b}" for a, b in stream_pairs(streams)]
+
+
+def _available(spec: MetricSpec, measured: Iterable[Needs]) -> bool:
+    return spec.needs in set(measured)
+
+
+def expected_keys(
+    prefix: str,
+    streams: Sequence[str],
+    task: type[StreamOutputs] | None = None,
+    measured: Iterable[Needs] = ("steps", "updates", "predictions", "validation"),
+    when: Literal["step", "epoch"] | None = None,
+) -> set[str]:
+    """The keys a run logs, for what it measures.
+
+    Args:
+        prefix: The monitor's prefix.
+        streams: The stream names.
+        task: The task of the per-stream outputs.
+        measured: What the run measures (see :attr:`MetricSpec.needs`).
+        when: Only step or only epoch metrics; None for both.
+
+    Returns:
+        The set of keys (without ``fusion`` metrics, which the module defines).
+    """
+    measured = set(measured)
+    keys = set()
+    for spec in METRICS:
+        if (when is not None and spec.when != when) or not _available(spec, measured):
+            continue
+        for over in streams if spec.over == "stream" else _pairs(streams):
+            keys.add(metric_key(prefix, resolve(spec.name, task), over))
+    return keys
+
+
+def _task_alternatives(name: str) -> str:
+    """A tag regex part matching the name of every task (``train_(acc|pair_acc|corr)``)."""
+    if "{" not in name:
+        return re.escape(name)
+    variants = sorted({resolve(name, task) for task in _TASKS})
+    return "(" + "|".join(re.escape(v) for v in variants) + ")"
+
+
+def _title(name: str) -> str:
+    return name.replace("{score}", "score").replace("{confidence}", "confidence")
+
+
+def custom_scalar_layout(prefix: str, streams: Sequence[str], track_updates: bool = True) -> Layout:
+    """The custom-scalars charts: one chart per metric with a line per stream (or pair).
+
+    The layout is written before the first batch, so a task-dependent metric (``train_{score}``)
+    gets one chart whose lines match every task's name for it.
+
+    Args:
+        prefix: The monitor's prefix.
+        streams: The stream names.
+        track_updates: Whether ``update_ratio`` is logged.
+
+    Returns:
+        ``{category: {chart: ["Multiline", [tag regex, ...]]}}``, categories named ``<prefix>: <chart>``.
+    """
+    pairs = _pairs(streams)
+    p = re.escape(prefix)
+    layout: dict[str, dict[str, list[Any]]] = {}
+    for spec in METRICS:
+        keys = streams if spec.over == "stream" else pairs
+        if (spec.needs == "updates" and not track_updates) or not keys:
+            continue
+        tags = [f"{p}/{_task_alternatives(spec.name)}/{re.escape(k)}" for k in keys]
+        layout.setdefault(f"{prefix}: {spec.chart}", {})[_title(spec.name)] = multiline(tags, regex=True)
+    layout[f"{prefix}: train vs val"] = {
+        f"{title} {s}": multiline(
+            [f"{p}/{_task_alternatives(f'{stage}_{metric}')}/{re.escape(s)}" for stage in ("train", "val")], regex=True
+        )
+        for s in streams
+        for title, metric in (("score", "{score}"), ("loss", "loss"))
+    }
+    layout[f"{prefix}: fusion"] = {"fusion internals": multiline([f"{p}/fusion/.*"], regex=True)}
+    return layout
+
+
+def metrics_table() -> str:
+    """The "Logged metrics" list of the callback's docstring, built from :data:`METRICS`.
+
+    Returns:
+        reStructuredText bullets, one per metric, grouped by when they are logged.
+    """
+    lines = []
+    for when, title in (("step", "Every logging step"), ("epoch", "Every epoch")):
+        lines.append(f"{title}:")
+        lines.append("")
+        for spec in (s for s in METRICS if s.when == when):
+            over = "<s>" if spec.over == "stream" else "<a>_vs_<b>"
+            lines.append(f"* ``<p>/{spec.name}/{over}``: {spec.description}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def format_summary(
+    history: Mapping[str, Sequence[tuple[int, float]]],
+    prefix: str,
+    streams: Sequence[str],
+    task: type[StreamOutputs] | None,
+    advice: Sequence[str],
+) -> str:
+    """A plain-text table of the latest epoch per stream, followed by the advice.
+
+    Args:
+        history: Logged key -> ``[(epoch, value), ...]``.
+        prefix: The monitor's prefix.
+        streams: The stream names.
+        task: The task of the per-stream outputs.
+        advice: The latest advice messages.
+
+    Returns:
+        The summary.
+    """
+    columns = [(resolve(spec.name, task), resolve(spec.column, task)) for spec in METRICS if spec.column]
+    width = max([len("stream"), *(len(s) for s in streams)])
+    rows = ["stream".ljust(width) + "".join(f"{title:>11}" for _, title in columns)]
+    for stream in streams:
+        cells = []
+        for metric, _ in columns:
+            series = history.get(metric_key(prefix, metric, stream))
+            cells.append(f"{series[-1][1]:>11.4g}" if series else f"{'-':>11}")
+        rows.append(stream.ljust(width) + "".join(cells))
+    epochs = [points[-1][0] for points in history.values() if points]
+    title = f"StreamMonitor summary (epoch {max(epochs)})" if epochs else "StreamMonitor summary (no epoch yet)"
+    text = "\n".join(f"  - {message}" for message in advice) or "  (none yet)"
+    return f"{title}\n" + "\n".join(rows) + f"\nRecommendations:\n{text}"

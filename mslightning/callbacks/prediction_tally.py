@@ -1,0 +1,225 @@
+"""Each stream's own prediction quality over an epoch, for any task of the per-stream output protocol.
+
+:class:`PredictionTally` collects one stage's :class:`~mslightning.streams.StreamOutputs` over an
+epoch and computes, per stream, the task's *score* (accuracy, pair accuracy or correlation), its
+*loss* (cross-entropy, log loss or Poisson NLL) and its *confidence* in the right answer (for the
+balance between streams), as exact sums over every sample of the epoch (never averages of batch
+averages). It needs no Trainer: a ``reduce_sum`` function (e.g. ``trainer.strategy.reduce``)
+combines the sums of several processes in one collective.
+
+Cost: :meth:`PredictionTally.update` only keeps references to the (detached) predictions; the
+arithmetic runs on every ``flush_every`` batches at once, so a training step pays a few
+microseconds of Python, not a dozen small kernels per stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor
+
+from mslightning.streams import (
+    IGNORE_INDEX,
+    ClassificationOutputs,
+    PoissonOutputs,
+    RankingOutputs,
+    StreamOutputs,
+)
+
+__all__ = ["PredictionTally", "StreamScores"]
+
+StreamScores = dict[str, Tensor]
+"""``{"score", "loss", "confidence"}`` -> float32 0-dim tensor, for one stream."""
+
+_POISSON_EPS = 1e-8
+
+
+def _accumulation_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _classification_sums(logits: Tensor, target: Tensor, dtype: torch.dtype) -> Tensor:
+    """``[count, correct, cross-entropy sum, true-class probability sum]`` over the scored rows."""
+    logits = logits.float()
+    if logits.shape[1] == 1:  # one binary logit z: the two classes' logits are (0, z)
+        logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
+    target = target.long()
+    weight = (target != IGNORE_INDEX).to(dtype)  # weights, not indexing: no host sync
+    log_probs = logits.log_softmax(dim=1)
+    true = log_probs.gather(1, target.clamp(min=0)[:, None]).squeeze(1).to(dtype)
+    correct = (logits.argmax(dim=1) == target).to(dtype)
+    return torch.stack([weight.sum(), (correct * weight).sum(), -(true * weight).sum(), (true.exp() * weight).sum()])
+
+
+def _ranking_sums(logits: Tensor, target: Tensor, dtype: torch.dtype) -> Tensor:
+    """``[pairs, decided pairs, correct, log-loss sum, preferred-item probability sum]``."""
+    z = logits.reshape(-1).float()
+    t = target.reshape(-1).float()
+    decided = (t != 0.5).to(dtype)
+    a_preferred = t > 0.5
+    correct = ((z > 0) == a_preferred).to(dtype) * decided
+    log_loss = F.binary_cross_entropy_with_logits(z, t, reduction="none").to(dtype)
+    p = torch.sigmoid(z).to(dtype)
+    preferred = torch.where(a_preferred, p, 1 - p) * decided
+    return torch.stack([torch.ones_like(p).sum(), decided.sum(), correct.sum(), log_loss.sum(), preferred.sum()])
+
+
+def _poisson_sums(rates: Tensor, counts: Tensor, mask: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """Per neuron ``[bins, sum x, sum y, sum xy, sum x^2, sum y^2, NLL sum]``, shape (7, N)."""
+    neurons = rates.shape[-1]
+    x = rates.reshape(-1, neurons).to(dtype)
+    y = counts.reshape(-1, neurons).to(dtype)
+    m = torch.ones_like(x) if mask is None else mask.reshape(-1, neurons).to(dtype)
+    x, y = x * m, y * m  # unrecorded bins add nothing
+    nll = (x - y * torch.log(x.clamp(min=_POISSON_EPS))) * m
+    return torch.stack([m.sum(0), x.sum(0), y.sum(0), (x * y).sum(0), (x * x).sum(0), (y * y).sum(0), nll.sum(0)])
+
+
+def _pearson(sums: Tensor) -> Tensor:
+    """Per-neuron Pearson correlation from :func:`_poisson_sums` (NaN where a variance is 0)."""
+    n, sx, sy, sxy, sxx, syy, _ = sums
+    cov = n * sxy - sx * sy
+    var_x, var_y = n * sxx - sx * sx, n * syy - sy * sy
+    defined = (var_x > 0) & (var_y > 0)
+    return torch.where(defined, cov / (var_x * var_y).clamp(min=1e-300).sqrt(), torch.full_like(cov, float("nan")))
+
+
+class PredictionTally:
+    """Per-stream sums of one stage's predictions over an epoch (one task per tally).
+
+    Args:
+        flush_every: Batches kept before their sums are computed together (>= 1).
+
+    Raises:
+        ValueError: For a bad ``flush_every``.
+    """
+
+    def __init__(self, flush_every: int = 32) -> None:
+        if isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1:
+            raise ValueError(f"flush_every must be an int >= 1, got {flush_every!r}.")
+        self.flush_every = flush_every
+        self.task: type[StreamOutputs] | None = None
+        """The task of the outputs seen (set by the first update)."""
+        self.chance: dict[str, float] = {}
+        """Stream -> the score a prediction that knows nothing gets."""
+        self._pending: list[StreamOutputs] = []
+        self._sums: dict[tuple[str, str | None], Tensor] = {}
+
+    @property
+    def seen(self) -> bool:
+        """Whether any batch was added since the last reset."""
+        return bool(self._pending or self._sums)
+
+    def reset(self) -> None:
+        """Forget the epoch."""
+        self._pending.clear()
+        self._sums.clear()
+
+    def update(self, outputs: StreamOutputs) -> None:
+        """Add one batch (already checked with :meth:`StreamOutputs.check`).
+
+        Args:
+            outputs: The batch's per-stream outputs.
+
+        Raises:
+            ValueError: If the task differs from the one seen before.
+        """
+        if self.task is None:
+            self.task = type(outputs)
+        elif type(outputs) is not self.task:
+            raise ValueError(
+                f"The per-stream outputs changed task within a run: {self.task.__name__} before, "
+                f"{type(outputs).__name__} now."
+            )
+        for stream, prediction in outputs.predictions.items():
+            self.chance.setdefault(stream, outputs.chance(prediction))
+        self._pending.append(outputs)
+        if len(self._pending) >= self.flush_every:
+            self._flush()
+
+    @torch.no_grad()
+    def _flush(self) -> None:
+        batches, self._pending = self._pending, []
+        sessions: dict[str | None, list[StreamOutputs]] = {}
+        for outputs in batches:
+            sessions.setdefault(getattr(outputs, "session", None), []).append(outputs)
+        for session, group in sessions.items():
+            for stream in dict.fromkeys(s for o in group for s in o.predictions):
+                members = [o for o in group if stream in o.predictions]
+                target = torch.cat([o.target.detach() for o in members])
+                prediction = torch.cat([o.predictions[stream].detach() for o in members])
+                masks = [getattr(o, "mask", None) for o in members]
+                mask = None
+                if any(m is not None for m in masks):
+                    mask = torch.cat(
+                        [
+                            torch.ones_like(o.target, dtype=torch.bool) if m is None else m.bool()
+                            for o, m in zip(members, masks, strict=True)
+                        ]
+                    )
+                sums = self._sums_of(members[0], prediction, target, mask, _accumulation_dtype(target.device))
+                key = (stream, session)
+                self._sums[key] = sums if key not in self._sums else self._sums[key] + sums
+
+    @staticmethod
+    def _sums_of(
+        kind: StreamOutputs, prediction: Tensor, target: Tensor, mask: Tensor | None, dtype: torch.dtype
+    ) -> Tensor:
+        if isinstance(kind, ClassificationOutputs):
+            return _classification_sums(prediction, target, dtype)
+        if isinstance(kind, RankingOutputs):
+            return _ranking_sums(prediction, target, dtype)
+        if isinstance(kind, PoissonOutputs):
+            return _poisson_sums(prediction, target, mask, dtype)
+        raise TypeError(f"No tally for per-stream outputs of type {type(kind).__name__}.")
+
+    def compute(self, reduce_sum: Callable[[Tensor], Tensor] | None = None) -> dict[str, StreamScores]:
+        """The epoch's score, loss and confidence per stream.
+
+        Args:
+            reduce_sum: Sums a tensor over processes (e.g.
+                ``lambda t: trainer.strategy.reduce(t, reduce_op="sum")``); every process must
+                have seen the same streams (and sessions). None: this process only.
+
+        Returns:
+            Stream -> ``{"score", "loss", "confidence"}`` float32 0-dim tensors on the
+            predictions' device (NaN where nothing was scored: all targets ignored, all pairs
+            tied, no neuron with variance); no device-to-host transfer.
+        """
+        self._flush()
+        if not self._sums:
+            return {}
+        keys = sorted(self._sums, key=lambda k: (k[0], "" if k[1] is None else k[1]))
+        flat = torch.cat([self._sums[k].reshape(-1) for k in keys])
+        if reduce_sum is not None:
+            flat = reduce_sum(flat)
+        sums: dict[tuple[str, str | None], Tensor] = {}
+        offset = 0
+        for key in keys:
+            size = self._sums[key].numel()
+            sums[key] = flat[offset : offset + size].reshape(self._sums[key].shape)
+            offset += size
+        by_stream: dict[str, list[Tensor]] = {}
+        for (stream, _), value in sums.items():
+            by_stream.setdefault(stream, []).append(value)
+        return {
+            stream: {name: value.float().reshape(()) for name, value in self._finalize(parts).items()}
+            for stream, parts in by_stream.items()
+        }
+
+    def _finalize(self, parts: Sequence[Tensor]) -> dict[str, Tensor]:
+        if self.task is PoissonOutputs:
+            per_neuron = torch.cat([_pearson(p) for p in parts])
+            defined = ~per_neuron.isnan()
+            corr = torch.where(defined, per_neuron, torch.zeros_like(per_neuron)).sum() / defined.sum()
+            nll = sum(p[6].sum() for p in parts) / sum(p[0].sum() for p in parts)
+            return {"score": corr, "loss": nll, "confidence": corr.clamp(min=0)}
+        total: Any = sum(parts)
+        if self.task is RankingOutputs:
+            pairs, decided, correct, log_loss, preferred = total
+            return {"score": correct / decided, "loss": log_loss / pairs, "confidence": preferred / decided}
+        count, correct, cross_entropy, true_prob = total
+        return {"score": correct / count, "loss": cross_entropy / count, "confidence": true_prob / count}

@@ -1,0 +1,128 @@
+"""StreamMonitor with Lightning's own callbacks: EarlyStopping, LearningRateMonitor, the logging x-axis."""
+
+import logging
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
+from monitor_testkit import USER_STREAMS, TwoBranchNet, loader, read_scalars, trainer_kwargs
+
+from mslightning.callbacks import StreamMonitor, StreamThresholds
+
+
+def test_early_stopping_monitors_an_epoch_metric_of_the_monitor_listed_after_it(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    # EarlyStopping first: its on_validation_end runs before the monitor's, so the value must already be there
+    stopper = EarlyStopping(monitor="streams/overfit_score/thermal", mode="min", patience=0, min_delta=10.0)
+    monitor = StreamMonitor(streams=USER_STREAMS, verbose=False, thresholds=StreamThresholds(chance_margin=0.01))
+    trainer = pl.Trainer(callbacks=[stopper, monitor], **trainer_kwargs(tmp_path, max_epochs=5))
+    trainer.fit(TwoBranchNet(), loader(), loader(seed=1))
+    # min_delta 10 makes every epoch after the first "no improvement": stopped after epoch 1
+    assert trainer.current_epoch == 2 and stopper.stopped_epoch == 1
+    value = trainer.callback_metrics["streams/overfit_score/thermal"]
+    assert isinstance(value, torch.Tensor)
+    assert value.item() == pytest.approx(monitor.history["streams/overfit_score/thermal"][-1][1])
+    assert "streams/val_acc/visible" in trainer.callback_metrics
+
+
+class TwoOptimizers(TwoBranchNet):
+    """Manual optimisation with one unnamed AdamW per branch (head with the first)."""
+
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        out = self._step(batch)
+        for optimizer in self.optimizers():
+            optimizer.zero_grad()
+        self.manual_backward(out["loss"])
+        for optimizer in self.optimizers():
+            optimizer.step()
+        return out
+
+    def configure_optimizers(self):
+        first = [*self.branch_params("visible"), *self.fusion_head.parameters()]
+        return torch.optim.AdamW(first, lr=1e-3), torch.optim.AdamW(self.branch_params("thermal"), lr=2e-3)
+
+
+def test_two_optimizers_of_one_class_are_named_as_learning_rate_monitor_names_them(tmp_path):
+    monitor = StreamMonitor(streams=USER_STREAMS, verbose=False)
+    trainer = pl.Trainer(callbacks=[LearningRateMonitor(), monitor], **trainer_kwargs(tmp_path, max_epochs=1))
+    trainer.fit(TwoOptimizers(), loader(), loader(seed=1))
+    lr_tags = {tag.removeprefix("lr-") for tag in read_scalars(trainer.logger.log_dir) if tag.startswith("lr-")}
+    assert lr_tags == {"AdamW", "AdamW-1"}  # the oracle: Lightning's own names
+    assert [monitor._bindings[s].group_name for s in ("visible", "thermal")] == ["AdamW", "AdamW-1"]
+    scalars = read_scalars(trainer.logger.log_dir)
+    assert scalars["streams/lr/thermal"][0] == pytest.approx(2e-3)
+
+
+def test_step_and_epoch_metrics_share_lightnings_x_axis(tmp_path):
+    monitor = StreamMonitor(streams=USER_STREAMS, verbose=False, log_every_n_steps=2)
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, log_every_n_steps=2))
+    trainer.fit(TwoBranchNet(), loader(), loader(seed=1))
+    scalars = read_scalars(trainer.logger.log_dir)
+    assert sorted(scalars["streams/grad_norm/visible"]) == sorted(scalars["train_loss_step"]) == [1, 3, 5, 7]
+    assert sorted(scalars["streams/val_acc/visible"]) == sorted(scalars["train_loss_epoch"]) == [3, 7]
+
+
+def test_parameters_outside_every_stream_are_listed_once(tmp_path, caplog):
+    monitor = StreamMonitor(streams={"visible": "visible_net.*"}, verbose=False)
+    with caplog.at_level(logging.INFO):
+        trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path))
+        trainer.fit(TwoBranchNet(protocol=False), loader(), loader(seed=1))
+    notes = [r.message for r in caplog.records if "belong to no stream" in r.message]
+    assert len(notes) == 1
+    assert "'thermal_net.0.weight'" in notes[0] and "'fusion_head.weight'" in notes[0]
+    assert "'visible_net.0.weight'" not in notes[0]
+
+
+def test_ranking_outputs_give_pair_metrics(tmp_path):
+    from mslightning.streams import RankingOutputs
+
+    class PairwiseStreams(TwoBranchNet):
+        """Each branch scores whether the first half of the batch is preferred to the second."""
+
+        def _step(self, batch):
+            inputs, target = batch
+            _, stream_logits = self(inputs)
+            scores = {s: z[:, 0] for s, z in stream_logits.items()}
+            half = target.shape[0] // 2
+            preference = (target[:half] > target[half:]).float()
+            pair_logits = {s: v[:half] - v[half:] for s, v in scores.items()}
+            loss = sum(F.binary_cross_entropy_with_logits(z, preference) for z in pair_logits.values())
+            return {"loss": loss, "stream_outputs": RankingOutputs(pair_logits, preference)}
+
+    monitor = StreamMonitor(streams=USER_STREAMS, verbose=False)
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path))
+    trainer.fit(PairwiseStreams(), loader(), loader(seed=1))
+    scalars = read_scalars(trainer.logger.log_dir)
+    for metric in ("train_pair_acc", "val_pair_acc", "pair_acc_gap", "overfit_score", "preferred_prob"):
+        assert f"streams/{metric}/visible" in scalars, metric
+    assert not any("/train_acc/" in tag for tag in scalars)
+    assert "train pair_acc" in monitor.summary()
+
+
+def test_poisson_outputs_give_correlation_metrics(tmp_path):
+    from mslightning.streams import PoissonOutputs
+
+    class ResponsesPerStream(TwoBranchNet):
+        """Each branch predicts the (B, 3) responses of three neurons to the sample."""
+
+        def _step(self, batch):
+            inputs, target = batch
+            _, stream_logits = self(inputs)
+            counts = torch.stack([target == k for k in range(3)], dim=1).float() * 4
+            rates = {s: F.softplus(z) for s, z in stream_logits.items()}
+            loss = sum(F.poisson_nll_loss(r, counts, log_input=False) for r in rates.values())
+            return {"loss": loss, "stream_outputs": PoissonOutputs(rates, counts)}
+
+    monitor = StreamMonitor(streams=USER_STREAMS, verbose=False)
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path))
+    trainer.fit(ResponsesPerStream(), loader(), loader(seed=1))
+    scalars = read_scalars(trainer.logger.log_dir)
+    for metric in ("train_corr", "val_corr", "corr_gap", "overfit_score", "corr_clipped"):
+        assert f"streams/{metric}/thermal" in scalars, metric
+    assert -1 <= monitor.history["streams/val_corr/visible"][-1][1] <= 1
