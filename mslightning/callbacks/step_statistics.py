@@ -57,7 +57,8 @@ class StreamBinding:
             without ``lr-`` (``"AdamW/pg2"``, ``"AdamW-1"``).
         shares_with: Other streams with parameters in that group.
         optimized: Whether any optimizer holds any of the parameters.
-        snapshot: Scratch copy of ``trainable`` taken before a measured step.
+        snapshot: Scratch copies taken before a measured step, aligned with ``params`` (None for a
+            parameter that is not trainable).
     """
 
     names: list[str]
@@ -68,7 +69,7 @@ class StreamBinding:
     group_name: str | None = None
     shares_with: list[str] = field(default_factory=list)
     optimized: bool = False
-    snapshot: list[Tensor] | None = None
+    snapshot: list[Tensor | None] | None = None
 
 
 @dataclass
@@ -314,11 +315,13 @@ class StepStatistics:
             weights = [p.detach() for p in binding.params]
             device = device or weights[0].device
             values.extend(grad_stats(grads))
-            values.extend(weight_stats(weights))
+            copies = None
             if self.track_updates and binding.trainable:
                 if binding.snapshot is None:
-                    binding.snapshot = [torch.empty_like(p) for p in binding.trainable]
-                torch._foreach_copy_(binding.snapshot, [p.detach() for p in binding.trainable])
+                    trainable = {id(p) for p in binding.trainable}
+                    binding.snapshot = [torch.empty_like(p) if id(p) in trainable else None for p in binding.params]
+                copies = binding.snapshot
+            values.extend(weight_stats(weights, copies))  # copies the weights in the same pass
         knobs: dict[tuple[str, str], float | int] = {}  # (knob, stream) -> host value, or index into values
         on_device: set[tuple[str, str]] = set()
         for stream, binding in self.bindings.items():
@@ -375,7 +378,8 @@ class StepStatistics:
         if self.track_updates:
             for binding in self.bindings.values():
                 if binding.snapshot is not None and binding.trainable:
-                    values.append(update_norm(binding.snapshot, binding.trainable))
+                    before = [copy for copy in binding.snapshot if copy is not None]
+                    values.append(update_norm(before, binding.trainable))
                 else:
                     values.append(torch.zeros((), dtype=torch.float32))
         if pending["scaler"] is not None:

@@ -14,7 +14,7 @@ Two kinds of functions live here:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -97,6 +97,47 @@ def _combine(parts: list[Tensor], device: torch.device | None) -> Tensor:
     return norms.to(accumulate).square().sum().sqrt().float()
 
 
+def _norms_and(
+    tensors: Sequence[Tensor],
+    reduce: Callable[[Tensor], Tensor] | None = None,
+    copies: Sequence[Tensor | None] | None = None,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Partial L2 norms of ``tensors`` and, per tensor, ``reduce(tensor)``, in as few memory passes as possible.
+
+    Each large tensor is optionally copied (``copies[i].copy_(tensors[i])``), then normed, then
+    reduced, one right after the other, so the second and third reads come from the cache
+    instead of memory (the norm and the reduction are read from the fresh copy: same values).
+    Small tensors are copied, normed and reduced with foreach kernels.
+    """
+    copies = copies if copies is not None else [None] * len(tensors)
+    parts: list[Tensor] = []
+    reduced: list[Tensor] = []
+    small: list[Tensor] = []
+    small_sources: list[Tensor] = []
+    small_copies: list[Tensor] = []
+    for tensor, copy in zip(tensors, copies, strict=True):
+        if tensor.numel() > _CHUNK:
+            if copy is not None:
+                tensor = copy.copy_(tensor)
+            flat = tensor.reshape(-1)
+            parts.append(_large_tensor_norms(flat))
+            if reduce is not None:
+                reduced.append(reduce(flat))
+        elif tensor.numel():
+            if copy is not None:
+                small_sources.append(tensor)
+                small_copies.append(copy)
+                tensor = copy
+            small.append(tensor)
+    if small_copies:
+        torch._foreach_copy_(small_copies, small_sources)
+    if small:
+        parts.append(foreach_norms(small))
+        if reduce is not None:
+            reduced.extend(reduce(t) for t in small)
+    return parts, reduced
+
+
 def total_norm(tensors: Sequence[Tensor]) -> Tensor:
     """The L2 norm of all tensors viewed as one vector, ``sqrt(sum_i ||t_i||^2)``.
 
@@ -111,34 +152,22 @@ def total_norm(tensors: Sequence[Tensor]) -> Tensor:
     Returns:
         A float32 0-dim tensor (0 for no tensors), on the tensors' device (CPU if empty).
     """
-    small: list[Tensor] = []
-    parts: list[Tensor] = []
-    for tensor in tensors:
-        if tensor.numel() > _CHUNK:
-            parts.append(_large_tensor_norms(tensor.reshape(-1)))
-        elif tensor.numel():
-            small.append(tensor)
-    if small:
-        parts.append(foreach_norms(small))
+    parts, _ = _norms_and(tensors)
     return _combine(parts, tensors[0].device if tensors else None)
 
 
-def _abs_max(tensors: Sequence[Tensor]) -> Tensor:
-    """The largest absolute value over all tensors, as ``max(max x, -min x)``.
-
-    ``aminmax`` reads each tensor once, where ``abs()`` would allocate and the inf-norm kernel
-    is several times slower on CPU; NaN propagates.
-    """
-    lows, highs = zip(*(torch.aminmax(t) for t in tensors), strict=True)
-    return torch.maximum(torch.stack(highs).max(), torch.stack(lows).min().neg()).float()
+def _aminmax(tensor: Tensor) -> Tensor:
+    """``[min, max]`` of a tensor in one read (``abs()`` would allocate; the inf-norm kernel is slow on CPU)."""
+    return torch.stack(torch.aminmax(tensor))
 
 
 def grad_stats(grads: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     """Total L2 norm and largest absolute value of a stream's gradients.
 
     The total norm is the norm of all gradients concatenated into one vector,
-    ``sqrt(sum_i ||g_i||^2)``. Both results are NaN/Inf when any element is, which is how the
-    caller detects non-finite gradients without counting them on every step.
+    ``sqrt(sum_i ||g_i||^2)``; the largest absolute value is ``max(max g, -min g)``, read from
+    each tensor right after its norm (from the cache). Both results are NaN/Inf when any element
+    is, which is how the caller detects non-finite gradients without counting them on every step.
 
     Args:
         grads: The stream's gradient tensors (dense or sparse), on one device. May be empty
@@ -147,27 +176,32 @@ def grad_stats(grads: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     Returns:
         ``(norm, abs_max)``, two float32 0-dim tensors on the gradients' device (CPU if empty).
     """
-    if not grads:
-        zero = torch.zeros((), dtype=torch.float32)
+    dense = [g for g in (_dense(g) for g in grads) if g.numel() > 0]
+    if not dense:
+        zero = torch.zeros((), dtype=torch.float32, device=grads[0].device if grads else None)
         return zero, zero.clone()
-    dense = [_dense(g) for g in grads]
-    norm = total_norm(dense)
-    nonempty = [g for g in dense if g.numel() > 0]
-    return norm, _abs_max(nonempty) if nonempty else torch.zeros_like(norm)
+    parts, extremes = _norms_and(dense, _aminmax)
+    lows, highs = torch.stack(extremes).unbind(1)
+    return _combine(parts, dense[0].device), torch.maximum(highs.max(), lows.min().neg()).float()
 
 
-def weight_stats(weights: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-    """Total L2 norm and the sum of all elements of a stream's weights.
+def weight_stats(weights: Sequence[Tensor], copies: Sequence[Tensor | None] | None = None) -> tuple[Tensor, Tensor]:
+    """Total L2 norm and the sum of all elements of a stream's weights, optionally copying them.
+
+    Copying for the update ratio and reading the statistics share one pass over memory: each
+    tensor is copied, then normed and summed from the fresh copy while it is in the cache.
 
     Args:
         weights: The stream's parameter tensors (at least one), on one device.
+        copies: Per weight, a tensor of the same shape to copy it into (None: not copied), or
+            None for no copies.
 
     Returns:
         ``(norm, total)``: float32 0-dim tensors; the mean weight is ``total / numel``.
     """
-    norm = total_norm(weights)
-    total = torch.stack([w.sum(dtype=torch.float32) for w in weights]).sum()
-    return norm, total
+    parts, sums = _norms_and(weights, lambda t: t.sum(dtype=torch.float32), copies)
+    total = torch.stack(sums).sum() if sums else torch.zeros((), dtype=torch.float32, device=weights[0].device)
+    return _combine(parts, weights[0].device), total
 
 
 @torch.no_grad()
