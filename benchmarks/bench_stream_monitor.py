@@ -233,9 +233,9 @@ def main() -> None:
             result = run(config, args, args.log_dir)
             samples[config]["step"].extend(result["step"])
             samples[config]["hooks"].extend(result["hooks"])
-            if config == "monitor/2":  # global_step = warmup + index; even steps log
+            if config == "monitor/2":  # step = warmup + index; as Lightning logs, steps with (step + 1) % 2 == 0
                 for i, (t, hooks) in enumerate(zip(result["step"], result["hooks"], strict=True)):
-                    logging = (result["first_step"][0] + i) % 2 == 0
+                    logging = (result["first_step"][0] + i + 1) % 2 == 0
                     samples[config]["log" if logging else "skip"].append(t)
                     samples[config]["log_hooks" if logging else "skip_hooks"].append(hooks)
             print(f"round {round_} {config}: median step {statistics.median(result['step']) * 1e3:.1f} ms", flush=True)

@@ -184,6 +184,14 @@ class SiameseRanker(StagedSteps, GroupedOptimizationModule):
     parts_are_peers = False
     """``backbone`` and ``head`` are in series: StreamMonitor does not compare them with each other."""
 
+    @property
+    def pretrained_parts(self) -> tuple[str, ...]:
+        """The parts initialised from pretrained weights: ``("backbone",)`` after a weights file.
+
+        StreamMonitor then expects the backbone's lr well below the fresh head's.
+        """
+        return ("backbone",) if self.backbone.pretrained else ()
+
     def __init__(
         self,
         trunk: Callable[[], ImageTrunk] = ResNetTrunk,

@@ -122,6 +122,9 @@ class ImageTrunk(nn.Module):
         stages: The freezable stages, input side first.
         frozen: ``None``, ``"all"`` or the last frozen stage.
         freeze_batchnorm: Whether every BatchNorm layer's statistics are frozen.
+        pretrained: Whether :meth:`load_weights` initialised the trunk from a file (a module
+            declares such a part in ``pretrained_parts``, so StreamMonitor judges its learning
+            rate as a pretrained part's).
 
     Raises:
         ValueError: For an unknown ``arch``, a non-positive ``in_channels``, a ``frozen`` that is
@@ -170,6 +173,7 @@ class ImageTrunk(nn.Module):
         self.frozen = frozen
         self.freeze_batchnorm = freeze_batchnorm
         self.out_features: int = 0  # set by the subclass
+        self.pretrained = False
         self._ignored_prefixes: tuple[str, ...] = ()
 
     def _who(self) -> str:
@@ -285,6 +289,7 @@ class ImageTrunk(nn.Module):
         if missing or unexpected or mis_shaped:
             raise ValueError(self._mismatch_message(where, source, state, missing, unexpected, mis_shaped))
         self.load_state_dict(state)
+        self.pretrained = True
 
     def _trunk_state(self, obj: object, where: str) -> tuple[dict[str, Tensor], str]:
         """Pick the name -> tensor mapping to load out of a loaded file; also say where it came from.

@@ -272,6 +272,7 @@ def test_a_checkpoint_reloads_after_the_pretrained_file_is_gone(tmp_path) -> Non
     weights = tmp_path / "resnet18.pth"
     torch.save(resnet18().state_dict(), weights)
     model = _model(trunk=partial(ResNetTrunk, arch="resnet18", weights_path=str(weights)))
+    assert model.pretrained_parts == ("backbone",) and _model().pretrained_parts == ()  # for StreamMonitor
     trainer = _trainer(tmp_path, max_epochs=1, enable_checkpointing=True)
     trainer.fit(model, DataLoader(_PairData(_pairs(4)), batch_size=4))
     weights.unlink()
