@@ -173,7 +173,8 @@ def build_evidence(
         if acc is None or not acc.steps:
             continue
         nonfinite[stream] = acc.nonfinite  # without routine fp16 overflows
-        inputs[stream] = acc.nonfinite_inputs
+        if acc.inputs_scanned:
+            inputs[stream] = acc.nonfinite_inputs
         if not binding.trainable or (acc.grad_steps == 0 and acc.nonfinite + acc.overflow_steps == 0):
             frozen.add(stream)
         elif not binding.optimized:

@@ -89,7 +89,8 @@ class EpochAccumulator:
         overflow_steps: Steps with NaN/Inf gradients that a GradScaler skipped and recovers from.
         overflow_values: Their NaN/Inf values.
         nonfinite_inputs: NaN/Inf values in the stream's own batch inputs, counted on steps whose
-            gradients were not finite.
+            gradients were not finite (routine fp16 overflows excepted).
+        inputs_scanned: Whether the stream's inputs were scanned on such a step.
         weight_norm: Sum of weight norms over ``weight_steps``.
         weight_steps: Steps with a finite weight norm.
         last_weight_norm: The latest finite weight norm.
@@ -107,6 +108,7 @@ class EpochAccumulator:
     overflow_steps: int = 0
     overflow_values: int = 0
     nonfinite_inputs: int = 0
+    inputs_scanned: bool = False
     weight_norm: float = 0.0
     weight_steps: int = 0
     last_weight_norm: float | None = None
@@ -405,7 +407,7 @@ class StepStatistics:
             if not (math.isfinite(gn) and math.isfinite(gmax)):
                 grads = [p.grad for p in binding.params if p.grad is not None]
                 nonfinite = max(int(count_nonfinite(grads).item()), 1)  # rare: only on a bad step
-                if bad_inputs is None:
+                if bad_inputs is None and not recoverable:
                     inputs = stream_inputs(batch, list(self.bindings))
                     bad_inputs = {
                         s: int(count_nonfinite([x]).item()) for s, x in inputs.items() if x.is_floating_point()
@@ -442,6 +444,7 @@ class StepStatistics:
                     out[(metric, f"{a}_vs_{b}")] = ratio
         for stream, count in (bad_inputs or {}).items():
             self.accumulators[stream].nonfinite_inputs += count
+            self.accumulators[stream].inputs_scanned = True
         return out
 
     def _accumulate(

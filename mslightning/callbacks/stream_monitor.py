@@ -226,7 +226,8 @@ class StreamMonitor(EpochEndCallback):
             return
         if self.compare_streams is None:
             self._compare = bool(getattr(pl_module, "parts_are_peers", True))
-        self._pretrained = tuple(getattr(pl_module, "pretrained_parts", ()) or ())
+        declared = getattr(pl_module, "pretrained_parts", ()) or ()
+        self._pretrained = (declared,) if isinstance(declared, str) else tuple(declared)
         unknown = [p for p in self._pretrained if p not in names]
         if unknown:
             raise ValueError(

@@ -114,7 +114,7 @@ def test_nan_in_one_streams_input_is_counted_for_that_stream_only():
     assert values[("nonfinite_grads", "rgb")] > 0 and values[("nonfinite_grads", "depth")] > 0
     # ...but only depth's inputs hold it
     assert stats.accumulators["depth"].nonfinite_inputs == 1
-    assert stats.accumulators["rgb"].nonfinite_inputs == 0
+    assert stats.accumulators["rgb"].nonfinite_inputs == 0 and stats.accumulators["rgb"].inputs_scanned
 
 
 def test_initial_weight_norm_is_kept_across_epochs_and_shared():
