@@ -14,7 +14,9 @@ microseconds of Python, not a dozen small kernels per stream.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -72,9 +74,11 @@ def _poisson_sums(rates: Tensor, counts: Tensor, mask: Tensor | None, dtype: tor
     neurons = rates.shape[-1]
     x = rates.reshape(-1, neurons).to(dtype)
     y = counts.reshape(-1, neurons).to(dtype)
-    m = torch.ones_like(x) if mask is None else mask.reshape(-1, neurons).to(dtype)
-    x, y = x * m, y * m  # unrecorded bins add nothing
-    nll = (x - y * torch.log(x.clamp(min=_POISSON_EPS))) * m
+    recorded = torch.ones_like(x, dtype=torch.bool) if mask is None else mask.reshape(-1, neurons).bool()
+    zero = torch.zeros((), dtype=dtype, device=x.device)
+    x, y = torch.where(recorded, x, zero), torch.where(recorded, y, zero)  # unrecorded bins add nothing, NaN or not
+    m = recorded.to(dtype)
+    nll = torch.where(recorded, x - y * torch.log(x.clamp(min=_POISSON_EPS)), zero)
     return torch.stack([m.sum(0), x.sum(0), y.sum(0), (x * y).sum(0), (x * x).sum(0), (y * y).sum(0), nll.sum(0)])
 
 
@@ -92,20 +96,25 @@ class PredictionTally:
 
     Args:
         flush_every: Batches kept before their sums are computed together (>= 1).
+        max_pending_elements: Also compute them once the kept predictions and targets hold this
+            many elements (large Poisson outputs are not held for 32 batches).
 
     Raises:
-        ValueError: For a bad ``flush_every``.
+        ValueError: For a bad ``flush_every`` or ``max_pending_elements``.
     """
 
-    def __init__(self, flush_every: int = 32) -> None:
-        if isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1:
-            raise ValueError(f"flush_every must be an int >= 1, got {flush_every!r}.")
+    def __init__(self, flush_every: int = 32, max_pending_elements: int = 1 << 22) -> None:
+        for name, value in (("flush_every", flush_every), ("max_pending_elements", max_pending_elements)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
         self.flush_every = flush_every
+        self.max_pending_elements = max_pending_elements
         self.task: type[StreamOutputs] | None = None
         """The task of the outputs seen (set by the first update)."""
         self.chance: dict[str, float] = {}
         """Stream -> the score a prediction that knows nothing gets."""
         self._pending: list[StreamOutputs] = []
+        self._pending_elements = 0
         self._sums: dict[tuple[str, str | None], Tensor] = {}
 
     @property
@@ -116,6 +125,7 @@ class PredictionTally:
     def reset(self) -> None:
         """Forget the epoch."""
         self._pending.clear()
+        self._pending_elements = 0
         self._sums.clear()
 
     def update(self, outputs: StreamOutputs) -> None:
@@ -136,13 +146,21 @@ class PredictionTally:
             )
         for stream, prediction in outputs.predictions.items():
             self.chance.setdefault(stream, outputs.chance(prediction))
-        self._pending.append(outputs)
-        if len(self._pending) >= self.flush_every:
+        mask = getattr(outputs, "mask", None)
+        detached = replace(
+            outputs,
+            predictions={s: p.detach() for s, p in outputs.predictions.items()},
+            target=outputs.target.detach(),
+            **({"mask": mask.detach()} if mask is not None else {}),
+        )  # keeps no graph alive
+        self._pending.append(detached)
+        self._pending_elements += detached.target.numel() * (len(detached.predictions) + 1)
+        if len(self._pending) >= self.flush_every or self._pending_elements >= self.max_pending_elements:
             self._flush()
 
     @torch.no_grad()
     def _flush(self) -> None:
-        batches, self._pending = self._pending, []
+        batches, self._pending, self._pending_elements = self._pending, [], 0
         sessions: dict[str | None, list[StreamOutputs]] = {}
         for outputs in batches:
             sessions.setdefault(getattr(outputs, "session", None), []).append(outputs)
@@ -176,13 +194,21 @@ class PredictionTally:
             return _poisson_sums(prediction, target, mask, dtype)
         raise TypeError(f"No tally for per-stream outputs of type {type(kind).__name__}.")
 
-    def compute(self, reduce_sum: Callable[[Tensor], Tensor] | None = None) -> dict[str, StreamScores]:
+    def compute(
+        self,
+        reduce_sum: Callable[[Tensor], Tensor] | None = None,
+        gather: Callable[[Any], list[Any]] | None = None,
+    ) -> dict[str, StreamScores]:
         """The epoch's score, loss and confidence per stream.
 
         Args:
             reduce_sum: Sums a tensor over processes (e.g.
-                ``lambda t: trainer.strategy.reduce(t, reduce_op="sum")``); every process must
-                have seen the same streams (and sessions). None: this process only.
+                ``lambda t: trainer.strategy.reduce(t, reduce_op="sum")``). None: this process only.
+            gather: Collects one picklable object from every process (e.g.
+                ``torch.distributed.all_gather_object``). Given with ``reduce_sum``, the processes
+                first agree on the streams and sessions that any of them saw (a process that saw
+                none of a session's batches adds zeros), so the sums line up; every process must
+                call ``compute``, also one that saw no batch.
 
         Returns:
             Stream -> ``{"score", "loss", "confidence"}`` float32 0-dim tensors on the
@@ -190,21 +216,36 @@ class PredictionTally:
             tied, no neuron with variance); no device-to-host transfer.
         """
         self._flush()
-        if not self._sums:
+        shapes = {key: tuple(value.shape) for key, value in self._sums.items()}
+        if gather is not None:
+            seen = gather((self.task, shapes, self.chance))
+            for task, their_shapes, their_chance in seen:
+                self.task = self.task or task
+                shapes.update(their_shapes)
+                for stream, chance in their_chance.items():
+                    self.chance.setdefault(stream, chance)
+        if not shapes:
             return {}
-        keys = sorted(self._sums, key=lambda k: (k[0], "" if k[1] is None else k[1]))
-        flat = torch.cat([self._sums[k].reshape(-1) for k in keys])
+        keys = sorted(shapes, key=lambda k: (k[0], "" if k[1] is None else k[1]))
+        like = next(iter(self._sums.values()), None)
+        device = like.device if like is not None else None
+        dtype = like.dtype if like is not None else torch.float64
+        flat = torch.cat(
+            [
+                self._sums[k].reshape(-1)
+                if k in self._sums
+                else torch.zeros(math.prod(shapes[k]), dtype=dtype, device=device)
+                for k in keys
+            ]
+        )
         if reduce_sum is not None:
             flat = reduce_sum(flat)
-        sums: dict[tuple[str, str | None], Tensor] = {}
+        by_stream: dict[str, list[Tensor]] = {}
         offset = 0
         for key in keys:
-            size = self._sums[key].numel()
-            sums[key] = flat[offset : offset + size].reshape(self._sums[key].shape)
+            size = math.prod(shapes[key])
+            by_stream.setdefault(key[0], []).append(flat[offset : offset + size].reshape(shapes[key]))
             offset += size
-        by_stream: dict[str, list[Tensor]] = {}
-        for (stream, _), value in sums.items():
-            by_stream.setdefault(stream, []).append(value)
         return {
             stream: {name: value.float().reshape(()) for name, value in self._finalize(parts).items()}
             for stream, parts in by_stream.items()

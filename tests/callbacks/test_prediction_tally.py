@@ -152,3 +152,44 @@ def test_changing_task_within_a_run_is_an_error():
     tally.update(ClassificationOutputs({"rgb": torch.randn(2, 3)}, torch.tensor([0, 1])))
     with pytest.raises(ValueError, match="changed task"):
         tally.update(RankingOutputs({"rgb": torch.randn(2)}, torch.tensor([1.0, 0.0])))
+
+
+def test_nan_in_unrecorded_bins_is_ignored():
+    counts = torch.tensor([[1.0, 2.0], [0.0, 3.0], [4.0, 1.0], [float("nan"), float("nan")]])
+    rates = torch.tensor([[1.5, 2.0], [0.5, 2.5], [3.0, 1.5], [float("nan"), 1.0]])
+    mask = torch.tensor([[True, True], [True, True], [True, True], [False, False]])
+    tally = PredictionTally()
+    tally.update(PoissonOutputs({"rgb": rates}, counts, mask=mask))
+    expected = PredictionTally()
+    expected.update(PoissonOutputs({"rgb": rates[:3]}, counts[:3]))
+    got, want = tally.compute()["rgb"], expected.compute()["rgb"]
+    for name in ("score", "loss"):
+        assert got[name].item() == pytest.approx(want[name].item(), rel=1e-6)
+
+
+def test_processes_that_saw_different_sessions_agree_on_the_sums():
+    def batch(session, neurons, seed):
+        g = torch.Generator().manual_seed(seed)
+        counts = torch.poisson(torch.full((2, 4, neurons), 2.0), generator=g)
+        return PoissonOutputs({"rgb": torch.rand(2, 4, neurons, generator=g) + 0.1}, counts, session=session)
+
+    rank_batches = [[batch("a", 3, 0), batch("b", 2, 1)], [batch("b", 2, 2)]]  # rank 1 never saw session a
+    tallies = [PredictionTally(), PredictionTally()]
+    for tally, batches in zip(tallies, rank_batches, strict=True):
+        for b in batches:
+            tally.update(b)
+    states = [
+        (t.task, {k: tuple(v.shape) for k, v in t._sums.items()} if t._flush() is None else {}, t.chance)
+        for t in tallies
+    ]
+    flats = []
+    tallies[1].compute(reduce_sum=lambda t: flats.append(t) or t, gather=lambda _: states)
+    combined = tallies[0].compute(reduce_sum=lambda t: t + flats[0], gather=lambda _: states)
+    single = PredictionTally()
+    for b in [*rank_batches[0], *rank_batches[1]]:
+        single.update(b)
+    expected = single.compute()
+    for name in ("score", "loss"):
+        assert combined["rgb"][name].item() == pytest.approx(expected["rgb"][name].item(), rel=1e-6)
+    empty = PredictionTally()  # a process without any batch still takes part and gets the same keys
+    assert empty.compute(reduce_sum=lambda t: t + flats[0] * 0, gather=lambda _: states)["rgb"]["score"].isnan()
