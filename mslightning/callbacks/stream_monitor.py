@@ -116,9 +116,26 @@ class _EpochAccumulator:
     nonfinite: int = 0
     overflow_steps: int = 0  # steps with NaN/Inf gradients that a GradScaler skipped and recovers from
     overflow_values: int = 0
+    nonfinite_inputs: int = 0  # NaN/Inf input values on steps with non-finite gradients
+    inputs_scanned: bool = False  # the stream's inputs were scanned on such a step
     weight_norm: float = 0.0
     weight_steps: int = 0
     last_weight_norm: float | None = None
+
+
+def _nonfinite_inputs(batch: Any, streams: Sequence[str]) -> dict[str, int]:
+    """NaN/Inf values per stream in a ``(inputs, target)`` batch whose ``inputs`` map stream -> tensor.
+
+    Streams absent from ``inputs`` (or a batch of another form) are left out: not checked.
+    """
+    inputs = batch[0] if isinstance(batch, tuple | list) and batch else batch
+    if not isinstance(inputs, Mapping):
+        return {}
+    return {
+        stream: int(torch.isfinite(x).logical_not().sum().item()) if x.is_floating_point() else 0
+        for stream, x in inputs.items()
+        if stream in streams and isinstance(x, Tensor)
+    }
 
 
 def _numel(parameter: Tensor) -> int:
@@ -626,7 +643,7 @@ class StreamMonitor(EpochEndCallback):
                     flat = torch.cat(grads) / (grad_scaler.get_scale() if grad_scaler is not None else 1.0)
                     writer.add_histogram(self._key("hist/grads", stream), flat, trainer.global_step)
 
-    def _finish_step(self, trainer: pl.Trainer) -> None:
+    def _finish_step(self, trainer: pl.Trainer, batch: Any = None) -> None:
         """Runs after the optimizer step: measure the update, transfer once, derive, log."""
         pending, self._pending = self._pending, None
         assert pending is not None
@@ -655,6 +672,7 @@ class StreamMonitor(EpochEndCallback):
         metrics: dict[str, float] = {}
         grad_norm: dict[str, float] = {}
         weight_norm: dict[str, float] = {}
+        bad_step = False
         for i, stream in enumerate(streams):
             binding = self._bindings[stream]
             gn, gmax, wn, wsum = host[_VALUES_PER_STREAM * i : _VALUES_PER_STREAM * (i + 1)]
@@ -665,6 +683,7 @@ class StreamMonitor(EpochEndCallback):
             if not (math.isfinite(gn) and math.isfinite(gmax)):
                 grads = [p.grad for p in binding.params if p.grad is not None]
                 nonfinite = max(int(count_nonfinite(grads).item()), 1)  # rare: only on a bad step
+                bad_step = bad_step or not recoverable
             rel = safe_ratio(gn, wn)
             stream_metrics = {
                 "grad_norm": gn,
@@ -692,6 +711,10 @@ class StreamMonitor(EpochEndCallback):
             if skipped:
                 update = None  # the step was not taken: no stream moved
             self._accumulate(stream, pending["has_grad"][stream], gn, wn, rel, update, nonfinite, recoverable)
+        if bad_step:  # which stream's inputs are to blame (the advice's nonfinite rule); only on a bad step
+            for stream, count in _nonfinite_inputs(batch, streams).items():
+                self._acc[stream].nonfinite_inputs += count
+                self._acc[stream].inputs_scanned = True
         for a, b in self._pairs():
             for metric, source in (("grad_norm_ratio", grad_norm), ("weight_norm_ratio", weight_norm)):
                 ratio = safe_ratio(source[a], source[b])
@@ -744,7 +767,7 @@ class StreamMonitor(EpochEndCallback):
     ) -> None:
         self._update_metrics("train", outputs)
         if self._pending is not None:
-            self._finish_step(trainer)
+            self._finish_step(trainer, batch)
 
     # ------------------------------------------------------------------ per-stream predictions
 
@@ -998,6 +1021,15 @@ class StreamMonitor(EpochEndCallback):
         accuracy: dict[str, dict[str, float]],
     ) -> EpochEvidence:
         grad_norm, update, largest, growth, nonfinite, lr, wd = {}, {}, {}, {}, {}, {}, {}
+        nonfinite_inputs = {s: a.nonfinite_inputs for s, a in self._acc.items() if a.inputs_scanned}
+        pretrained = getattr(trainer.lightning_module, "pretrained_parts", ()) or ()
+        pretrained = frozenset([pretrained] if isinstance(pretrained, str) else pretrained)
+        if not pretrained <= set(self._bindings):
+            raise ValueError(
+                f"{type(trainer.lightning_module).__name__}.pretrained_parts names "
+                f"{sorted(pretrained - set(self._bindings))}, which are not monitored parts; the parts are "
+                f"{self.stream_names}."
+            )
         frozen, not_optimized = set(), set()
         for stream, binding in self._bindings.items():
             acc = self._acc[stream]
@@ -1030,6 +1062,8 @@ class StreamMonitor(EpochEndCallback):
             max_update_ratio=largest,
             weight_growth=growth,
             nonfinite=nonfinite,
+            nonfinite_inputs=nonfinite_inputs,
+            pretrained=pretrained,
             frozen=frozenset(frozen),
             not_optimized=frozenset(not_optimized),
             overfit_score=overfit,

@@ -444,7 +444,8 @@ def test_resume_keeps_history_and_hysteresis(tmp_path):
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     # two tiny epochs leave the streams 0.01-0.04 above chance: a narrow margin keeps "not_learning" out of a
     # test about dominance and hysteresis
-    thresholds = StreamThresholds(chance_margin=0.01)
+    # x5 features give grad norms 3-9x apart here: the pre-5x dominance threshold keeps this test about hysteresis
+    thresholds = StreamThresholds(chance_margin=0.01, dominance_ratio=3.0)
     monitor = StreamMonitor(streams=USER_STREAMS, verbose=False, thresholds=thresholds)
     _fit(
         tmp_path,
@@ -454,7 +455,7 @@ def test_resume_keeps_history_and_hysteresis(tmp_path):
         max_epochs=1,
         enable_checkpointing=True,
     )
-    assert monitor.recommendations[0].kind == "healthy"  # one epoch: not reported yet
+    assert not [r for r in monitor.recommendations if r.severity == "warning"]  # one epoch: not reported yet
     saved = monitor.state_dict()
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     assert monitor.state_key in ckpt["callbacks"]
