@@ -297,7 +297,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "nan_input",
             "a few training samples have a NaN depth pixel",
-            Expect("nonfinite", "depth", "check the depth inputs", ("NaN/Inf gradients of rgb follow from them",)),
+            Expect("nonfinite", "depth", "check the depth inputs", ("NaN/Inf gradients of rgb (",)),
             data={"signal": EQUAL_SIGNAL},
             nan_inputs={"depth": 3},
             epochs=4,
@@ -384,9 +384,9 @@ class BranchConvNet(pl.LightningModule):
     """A small user-style multi-branch CNN: ``nets.<stream>`` -> ``heads.<stream>`` and a ``fusion``.
 
     It follows StreamMonitor's per-stream prediction protocol: its steps return ``loss``,
-    ``target`` and ``stream_logits``. Like a careful user's model, it skips an optimizer step
-    whose gradients are not finite (as ``GradScaler`` does), so that one bad batch does not turn
-    every weight into NaN.
+    ``target`` and ``stream_logits``. Like a careful user's model, its optimizer skips a step whose
+    gradients are not finite (as ``GradScaler`` does), so that one bad batch does not turn every
+    weight into NaN.
 
     Args:
         channels: Stream name -> input channels.
@@ -436,13 +436,6 @@ class BranchConvNet(pl.LightningModule):
     def validation_step(self, batch: tuple[dict[str, Tensor], Tensor], batch_idx: int) -> dict[str, Any]:  # noqa: D102
         return self._step(batch)
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Skip a step with NaN/Inf gradients (after StreamMonitor has counted them)."""
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads and not all(torch.isfinite(g).all() for g in grads):
-            for p in self.parameters():
-                p.grad = None  # torch optimizers skip parameters without a gradient
-
     def configure_optimizers(self) -> torch.optim.Optimizer:  # noqa: D102
         base = self.optimizer.lr * self.all_lr_factor
         groups = [
@@ -454,7 +447,27 @@ class BranchConvNet(pl.LightningModule):
             for m in self.names
         ]
         groups.append({"name": "fusion", "params": list(self.fusion.parameters()), "lr": base})
-        return self.optimizer.build(groups)
+        return _skip_nonfinite_steps(self.optimizer.build(groups))
+
+
+def _skip_nonfinite_steps(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Make ``optimizer.step`` skip the update when a gradient is NaN/Inf, as ``GradScaler`` does.
+
+    The closure (forward, backward, the callbacks' ``on_before_optimizer_step``) still runs, and
+    the gradients are left as they are, so StreamMonitor counts them; only the update is skipped,
+    so that one bad batch does not turn every weight into NaN.
+    """
+    update = optimizer.step
+
+    def step(closure: Any = None) -> Any:
+        loss = closure() if closure is not None else None
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if all(bool(torch.isfinite(g).all()) for g in grads):
+            update()
+        return loss
+
+    optimizer.step = step  # type: ignore[method-assign]
+    return optimizer
 
 
 class FineTuneNet(pl.LightningModule):

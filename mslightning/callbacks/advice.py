@@ -680,15 +680,24 @@ def _msg_too_fast(ev: EpochEvidence, m: str, flag: _Flag, t: StreamThresholds) -
     grown = f"; its weights are now x{_fmt(growth)} their size at the start" if growth is not None else ""
     others = [ev.grad_norm[n] for n in _others(ev, m) if n in ev.grad_norm]
     gn = ev.grad_norm.get(m)
+    # large gradients at an lr no larger than the others' point at the scale of the inputs, not the lr
+    lr_above = m in ev.lr and any(ev.lr[m] > ev.lr[n] for n in _others(ev, m) if n in ev.lr)
     scale = ""
-    if ev.compare_streams and gn is not None and others and max(others) > 0 and gn >= t.dominance_ratio * max(others):
+    if (
+        ev.compare_streams
+        and not lr_above
+        and gn is not None
+        and others
+        and max(others) > 0
+        and gn >= t.dominance_ratio * max(others)
+    ):
         scale = (
             f" Its gradients are also {_fmt(gn / max(others))}x the others': if {m}'s inputs or features are on a "
             "larger scale, normalising them is the lasting fix."
         )
     return (
-        f"{m} moves too fast (a step moved its weights by {_fmt(flag.value)} of their norm, update ratio "
-        f"||dw||/||w||{grown}): lower {_group(ev, m)} {_knob(ev, m, 'lr')}; "
+        f"{m} moves too fast (largest update ratio ||dw||/||w|| of one step {_fmt(flag.value)}, the healthy range "
+        f"being 1e-4 .. 1e-2{grown}): lower {_group(ev, m)} {_knob(ev, m, 'lr')}; "
         "warm-up or gradient clipping (ParamGroup max_grad_norm) also bound the first steps."
         + scale
         + _shared_note(ev, m)
@@ -724,7 +733,7 @@ def _msg_weight_growth(ev: EpochEvidence, m: str, flag: _Flag, t: StreamThreshol
 def _msg_nonfinite(ev: EpochEvidence, m: str, flag: _Flag, t: StreamThresholds) -> str:
     culprits = _input_culprits(ev)
     if m in culprits:
-        followers = [n for n in ev.streams if n not in culprits and ev.nonfinite.get(n, 0) > 0]
+        followers = [f"{n} ({ev.nonfinite[n]})" for n in ev.streams if n not in culprits and ev.nonfinite.get(n, 0) > 0]
         follow = (
             f"; the NaN/Inf gradients of {_others_text(followers)} follow from them through the shared loss"
             if followers
