@@ -1022,6 +1022,12 @@ class StreamMonitor(EpochEndCallback):
     ) -> EpochEvidence:
         grad_norm, update, largest, growth, nonfinite, lr, wd = {}, {}, {}, {}, {}, {}, {}
         nonfinite_inputs = {s: a.nonfinite_inputs for s, a in self._acc.items() if a.inputs_scanned}
+        if nonfinite_inputs:  # each rank saw its own batches; every rank scanned (all-reduced NaN gradients)
+            counts = torch.tensor(
+                list(nonfinite_inputs.values()), dtype=torch.int64, device=trainer.strategy.root_device
+            )
+            summed = trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+            nonfinite_inputs = {s: int(c) for s, c in zip(nonfinite_inputs, summed, strict=True)}
         pretrained = getattr(trainer.lightning_module, "pretrained_parts", ()) or ()
         pretrained = frozenset([pretrained] if isinstance(pretrained, str) else pretrained)
         if not pretrained <= set(self._bindings):
