@@ -7,51 +7,79 @@ feeds a two-sided hysteresis (:class:`StreamThresholds`): a condition must hold 
 consecutive epochs, against a threshold relaxed by ``release``, before it is withdrawn. One
 noisy epoch therefore neither raises nor clears advice.
 
-Rules (``kind``):
+Rules (``kind``), in the order they are judged and listed:
 
+* ``not_learning`` (one recommendation for the model): every stream's accuracy, in training
+  and validation, is within ``chance_margin`` of chance (1/K). The message names the cause the
+  measurements support: every stream's update ratio below ``low_update_ratio`` -> raise every
+  group's lr; updates in the normal range -> the lrs are not the cause, check the data pipeline;
+  no measured update (the proxy) -> it says it cannot tell. Relative rules are not applied
+  meanwhile.
+* ``nonfinite`` (no patience): NaN/Inf gradients. When the inputs of the steps with NaN/Inf
+  gradients were checked (``EpochEvidence.nonfinite_inputs``) and a stream's inputs held NaN/Inf,
+  only that stream is named (check its inputs): the other streams' gradients turn NaN through
+  the shared loss and are not told to check their own inputs. With finite inputs -> lower its
+  ``lr``; inputs not checked -> it says the cause is undecided (inputs first, then the lr).
+* ``not_optimized`` (no patience): it receives gradients but no optimizer holds its parameters.
 * ``overfitting``: the stream's overfitting score (accuracy gap + loss gap) exceeds
   ``overfit_score`` -> raise the stream group's ``weight_decay`` or lower its ``lr``.
-* ``not_learning`` (one recommendation for the model): every stream's accuracy, in training
-  and validation, is within ``chance_margin`` of chance (1/K) -> check the data pipeline
-  (labels aligned with inputs) and the lrs. Relative rules are not applied meanwhile.
-* ``too_fast`` (no patience): a logged step moved the stream's weights by more than
-  ``fast_update_ratio`` of their norm (``||dw||/||w||``, measured) -> lower its ``lr``. It stays
-  reported while the weights it inflated stay ``weight_growth_ratio`` times larger than the
-  others' (a blown-up stream's later updates look small next to its huge weights).
+* ``too_fast`` (no patience), two ways:
+
+  - a logged step moved the stream's weights by more than ``fast_update_ratio`` of their norm
+    (``||dw||/||w||``, measured; far above the healthy range) -> lower its ``lr``. It stays
+    reported while the weights it inflated stay ``weight_growth_ratio`` times larger than the
+    others' (a blown-up stream's later updates look small next to its huge weights);
+  - a part declared pretrained (``EpochEvidence.pretrained``) whose lr is above
+    ``pretrained_lr_ratio`` times the largest lr of the fresh parts -> lower its ``lr``. A
+    pretrained backbone's update ratio is tiny in absolute terms (1e-5 per step) even when it
+    forgets its pretraining, so this rule is relative to the fresh parts, by design.
+
 * ``dominant``: the stream's mean gradient norm is ``dominance_ratio`` times that of every
-  other stream -> lower its ``lr`` or raise the others'.
-* ``slow``: its update ratio ``||dw||/||w||`` is below ``slow_ratio`` times the median of the
-  others -> raise its ``lr``.
+  other stream -> lower its ``lr`` (or normalise its inputs/features if they are on a larger
+  scale).
 * ``stalled``: its update ratio is below ``stall_update_ratio`` in absolute terms -> raise its
   ``lr`` (or check it is being optimised at all).
+* ``slow``: its update ratio ``||dw||/||w||`` is below ``slow_ratio`` times the median of the
+  others -> raise its ``lr``.
 * ``weight_growth``: its weight norm grew (relative to the start of training)
   ``weight_growth_ratio`` times more than every other stream's -> raise its ``weight_decay``.
-* ``nonfinite`` (no patience): NaN/Inf gradients -> lower the ``lr``, clip, check inputs.
-* ``frozen`` (information, no patience): the stream has no trainable parameters or received
+* ``frozen`` (information, no patience): the stream has no trainable parameter or received
   no gradient.
-* ``not_optimized`` (no patience): it receives gradients but no optimizer holds its parameters.
-* ``healthy``: emitted when no warning is active and the epoch's steps were measured;
-  ``not_measured`` (information) instead when no optimizer step was logged in the epoch, so
-  that "healthy" always means "measured, and fine".
+
+When no warning is active, one information closes the list:
+
+* ``pending``: a condition held this epoch but not yet for ``patience`` epochs (e.g. every
+  stream at chance after the first epoch). Not advice yet, and not "healthy".
+* ``not_measured``: part of the epoch could not be checked: no optimizer step was logged
+  (logging interval longer than the epoch), or the model returns per-stream predictions but no
+  validation ran this epoch (overfitting unchecked). The message says what was not measured and
+  what was fine.
+* ``healthy``: everything this set-up can measure was measured this epoch, and is fine. What
+  the set-up cannot measure at all (no per-stream predictions, parts in series, the proxy) is
+  named in the message.
 
 With ``track_updates=False`` the update ratio is the proxy ``lr * ||g|| / ||w||``
-(``EpochEvidence.update_ratio_is_proxy``): the messages name it so, and the absolute rule
-``stalled`` is not applied to it, since under adaptive optimizers (Adam) the proxy is orders of
-magnitude away from the real update.
+(``EpochEvidence.update_ratio_is_proxy``): the messages name it so, and the absolute rules
+(``stalled``, ``too_fast`` by step size, the lr cause of ``not_learning``) are not applied to it,
+since under adaptive optimizers (Adam) or momentum the proxy is orders of magnitude away from
+the real update.
 
-The three rules that compare streams (``dominant``, ``slow``, ``weight_growth``) apply only
-when the streams are peers (``EpochEvidence.compare_streams``): parallel encoders of one
-network, not parts in series such as a pretrained backbone and its fresh head.
+The rules that compare streams (``dominant``, ``slow``, ``weight_growth``) apply only when the
+streams are peers (``EpochEvidence.compare_streams``): parallel encoders of one network, not
+parts in series such as a pretrained backbone and its fresh head; and they compare a pretrained
+stream only with pretrained ones, a fresh one only with fresh ones.
 
 Root causes first: a stream that is overfitting is not also called ``slow`` (its gradients
-vanish because it has fit the training set) nor used as the reference for ``dominant``; while a
-stream is ``slow``/``stalled``, no stream is called ``dominant`` (the slow stream's gradients stay
-large because it does not move). A stream that moves ``too_fast`` comes before the relative
-rules: it is no reference for ``slow`` (next to it every other stream looks slow), no stream is
-called ``dominant`` meanwhile, and its weight growth is blamed on its lr, not on weight decay.
-A stream that has *converged* (training and validation accuracy at least ``converged_acc``) is
-not a problem: its small gradients and updates are not ``slow`` or ``stalled``, and it is no
-yardstick for ``slow`` or ``dominant``. Each advice then names one knob in one direction.
+vanish because it has fit the training set), nor ``dominant`` (its large gradients come from
+fitting its shortcut), nor the reference for ``dominant``; while a stream is ``slow``/``stalled``,
+no stream is called ``dominant`` (the slow stream's gradients stay large because it does not
+move). A stream that moves ``too_fast`` comes before the relative rules: it is no reference for
+``slow`` (next to it every other stream looks slow), no stream is called ``dominant`` meanwhile,
+and its weight growth is blamed on its lr, not on weight decay. A stream that has *converged*
+(training and validation accuracy at least ``converged_acc``) is not a problem: its small
+gradients and updates are not ``slow`` or ``stalled``, and it is no yardstick for ``slow`` or
+``dominant``. Each advice then names one knob in one direction, the stream, its param group and
+the measured value.
 """
 
 from __future__ import annotations
@@ -63,6 +91,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 __all__ = [
+    "INFO_KINDS",
     "KINDS",
     "Advisor",
     "EpochEvidence",
@@ -84,10 +113,15 @@ KINDS = (
 )
 """Rule kinds, in the order their recommendations are listed."""
 
+INFO_KINDS = ("pending", "not_measured", "healthy")
+"""The closing information when no warning is active (exactly one of them)."""
+
 ALL = "*"
 """The stream key of the model-wide ``not_learning`` condition."""
 
 _IMMEDIATE = frozenset({"nonfinite", "not_optimized", "frozen", "too_fast"})
+
+Conditions = dict[str, dict[str, tuple[bool | None, float | None]]]
 
 
 @dataclass
@@ -98,13 +132,22 @@ class StreamThresholds:
         overfit_score: A stream whose overfitting score (train-val accuracy gap + val-train
             loss gap) exceeds this is overfitting (the predecessor's "significant": 1.0).
         dominance_ratio: A stream whose epoch-mean gradient norm is at least this many times
-            every other stream's dominates the gradients.
+            every other stream's dominates the gradients. Healthy streams of different sizes,
+            or one learning before the other, differ by up to ~4x (measured: SGD on the
+            scenario suite); an un-normalised stream by 7x and more.
         slow_ratio: A stream whose epoch-mean update ratio ``||dw||/||w||`` is below this
             fraction of the other streams' median learns too slowly.
         stall_update_ratio: An update ratio below this (absolute) means the stream has stalled.
+        low_update_ratio: Below this update ratio per step the weights barely move (the
+            healthy range is ~1e-4 .. 1e-2): when every stream sits at chance accuracy *and*
+            below it, the lrs are named as the cause of ``not_learning``.
         fast_update_ratio: One logged step whose update ratio exceeds this (absolute) means the
-            stream's lr is too high. Healthy AdamW/SGD training stays well below: 0.007-0.02
-            per step on the scenario suite's small CNNs at lr 3e-3, 1e-5-1e-4 when fine-tuning.
+            stream's lr is too high. Healthy AdamW/SGD training stays well below: at most 0.06
+            per step on the scenario suite's small CNNs (first steps included), 1e-5-1e-3 when
+            fine-tuning.
+        pretrained_lr_ratio: A part declared pretrained whose lr is above this fraction of the
+            largest lr of the fresh parts moves too fast for a pretrained part (the textbook
+            backbone lr is 1/10 of the head's; 1/2.6 per layer in discriminative fine-tuning).
         weight_growth_ratio: A stream whose weight norm grew (``||w_t|| / ||w_0||``) this many
             times more than every other stream's grows too fast.
         converged_acc: A stream whose training accuracy (and validation accuracy, when measured)
@@ -118,10 +161,12 @@ class StreamThresholds:
     """
 
     overfit_score: float = 1.0
-    dominance_ratio: float = 3.0
+    dominance_ratio: float = 5.0
     slow_ratio: float = 0.1
     stall_update_ratio: float = 1e-7
+    low_update_ratio: float = 1e-4
     fast_update_ratio: float = 0.1
+    pretrained_lr_ratio: float = 0.5
     converged_acc: float = 0.99
     chance_margin: float = 0.05
     weight_growth_ratio: float = 2.0
@@ -132,6 +177,7 @@ class StreamThresholds:
         positive = {
             "overfit_score": self.overfit_score,
             "stall_update_ratio": self.stall_update_ratio,
+            "low_update_ratio": self.low_update_ratio,
             "fast_update_ratio": self.fast_update_ratio,
         }
         for name, value in positive.items():
@@ -143,16 +189,19 @@ class StreamThresholds:
         ):
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 1):
                 raise ValueError(f"StreamThresholds.{name} must be a finite number > 1, got {value!r}.")
-        for name, value in (("converged_acc", self.converged_acc), ("chance_margin", self.chance_margin)):
+        for name, value in (
+            ("converged_acc", self.converged_acc),
+            ("chance_margin", self.chance_margin),
+            ("slow_ratio", self.slow_ratio),
+            ("pretrained_lr_ratio", self.pretrained_lr_ratio),
+        ):
             if not (isinstance(value, int | float) and 0 < value < 1):
                 raise ValueError(f"StreamThresholds.{name} must be in (0, 1), got {value!r}.")
-        if self.fast_update_ratio <= self.stall_update_ratio:
+        if not self.stall_update_ratio < self.low_update_ratio < self.fast_update_ratio:
             raise ValueError(
-                f"StreamThresholds.fast_update_ratio ({self.fast_update_ratio!r}) must be above "
-                f"stall_update_ratio ({self.stall_update_ratio!r})."
+                "StreamThresholds needs stall_update_ratio < low_update_ratio < fast_update_ratio, got "
+                f"{self.stall_update_ratio!r}, {self.low_update_ratio!r} and {self.fast_update_ratio!r}."
             )
-        if not (isinstance(self.slow_ratio, int | float) and 0 < self.slow_ratio < 1):
-            raise ValueError(f"StreamThresholds.slow_ratio must be in (0, 1), got {self.slow_ratio!r}.")
         if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
             raise ValueError(f"StreamThresholds.patience must be an int >= 1, got {self.patience!r}.")
         if not (isinstance(self.release, int | float) and 0 < self.release <= 1):
@@ -164,9 +213,9 @@ class Recommendation:
     """One piece of advice.
 
     Attributes:
-        kind: The rule (see :data:`KINDS`) or ``"healthy"``.
-        stream: The stream it names, or None for ``healthy``.
-        message: The plain-language advice, naming the stream and the knob.
+        kind: The rule (see :data:`KINDS`) or the closing information (:data:`INFO_KINDS`).
+        stream: The stream it names, or None for model-wide advice and information.
+        message: The plain-language advice, naming the stream, the knob and the measured value.
         severity: ``"warning"`` (act on it) or ``"info"``.
         epochs: For how many consecutive epochs the condition has held.
     """
@@ -196,6 +245,12 @@ class EpochEvidence:
             ``update_ratio_is_proxy``).
         weight_growth: ``||w|| / ||w_at_start||``.
         nonfinite: Number of NaN/Inf gradient values seen this epoch.
+        nonfinite_inputs: NaN/Inf values in the stream's own inputs (``batch[0][stream]``),
+            summed over the logged steps of the epoch whose gradients were not finite. A stream
+            is present only if its inputs were checked on such a step (absent: no such step, or
+            the batch does not map stream names to input tensors).
+        pretrained: Parts declared pretrained (the module's ``pretrained_parts``); the others
+            are fresh.
         frozen: Streams with no trainable parameter or no gradient this epoch.
         not_optimized: Streams with gradients whose parameters no optimizer holds.
         overfit_score: Overfitting score (needs per-stream predictions).
@@ -217,11 +272,8 @@ class EpochEvidence:
         predictions_seen: Whether the model returned per-stream predictions at all.
         update_ratio_is_proxy: ``update_ratio`` holds the proxy ``lr * ||g|| / ||w||``
             (``track_updates=False``), not the measured update.
-        nonfinite_inputs: NaN/Inf values found in each stream's own batch inputs on the steps
-            whose gradients were not finite.
         score_label: What ``train_acc``/``val_acc`` measure, in words: ``"accuracy"``
             (classification), ``"pair accuracy"`` (ranking) or ``"correlation"`` (Poisson).
-        pretrained: Parts declared pretrained (the module's ``pretrained_parts``).
     """
 
     epoch: int
@@ -231,6 +283,8 @@ class EpochEvidence:
     max_update_ratio: Mapping[str, float] = field(default_factory=dict)
     weight_growth: Mapping[str, float] = field(default_factory=dict)
     nonfinite: Mapping[str, int] = field(default_factory=dict)
+    nonfinite_inputs: Mapping[str, int] = field(default_factory=dict)
+    pretrained: frozenset[str] = frozenset()
     frozen: frozenset[str] = frozenset()
     not_optimized: frozenset[str] = frozenset()
     overfit_score: Mapping[str, float] = field(default_factory=dict)
@@ -247,9 +301,7 @@ class EpochEvidence:
     chance: Mapping[str, float] = field(default_factory=dict)
     predictions_seen: bool = False
     update_ratio_is_proxy: bool = False
-    nonfinite_inputs: Mapping[str, int] = field(default_factory=dict)
     score_label: str = "accuracy"
-    pretrained: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -270,9 +322,36 @@ def _fmt(value: float | None) -> str:
 
 
 def _others_text(names: Sequence[str]) -> str:
+    if not names:
+        return "no other stream"
     if len(names) == 1:
         return names[0]
     return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _input_culprits(ev: EpochEvidence) -> list[str]:
+    """Streams whose own inputs held NaN/Inf on the steps where their gradients were not finite."""
+    return [m for m in ev.streams if ev.nonfinite_inputs.get(m, 0) > 0 and ev.nonfinite.get(m, 0) > 0]
+
+
+def _converged(ev: EpochEvidence, m: str, t: StreamThresholds) -> bool:
+    return ev.train_acc.get(m, 0.0) >= t.converged_acc and ev.val_acc.get(m, 1.0) >= t.converged_acc
+
+
+def _pretrained_lr_excess(ev: EpochEvidence, m: str, t: StreamThresholds) -> tuple[bool | None, str | None]:
+    """Whether pretrained part ``m``'s lr is above ``pretrained_lr_ratio`` x the fresh parts' largest lr.
+
+    Returns:
+        ``(verdict, fresh part with the largest lr)``; the verdict is None when it cannot be
+        decided (``m`` not pretrained, an lr unknown, or no fresh part to compare with).
+    """
+    if m not in ev.pretrained or m not in ev.lr:
+        return None, None
+    fresh = [(ev.lr[n], n) for n in ev.streams if n not in ev.pretrained and n in ev.lr and n not in ev.frozen]
+    if not fresh:
+        return None, None
+    lr_fresh, name = max(fresh)
+    return ev.lr[m] > t.pretrained_lr_ratio * lr_fresh, name
 
 
 class Advisor:
@@ -340,7 +419,7 @@ class Advisor:
             return threshold
         return threshold * self.thresholds.release if upward else threshold / self.thresholds.release
 
-    def _conditions(self, ev: EpochEvidence) -> dict[str, dict[str, tuple[bool | None, float | None]]]:
+    def _conditions(self, ev: EpochEvidence) -> Conditions:
         """Raw condition and its value, per kind and stream.
 
         Rules are evaluated root cause first, so that a symptom of one problem is not reported
@@ -351,9 +430,14 @@ class Advisor:
         stream's weights, which barely change, are no reference for ``weight_growth``.
         """
         t = self.thresholds
-        out: dict[str, dict[str, tuple[bool | None, float | None]]] = {kind: {} for kind in KINDS}
+        out: Conditions = {kind: {} for kind in KINDS}
+        culprits = _input_culprits(ev)
         for m in ev.streams:
-            out["nonfinite"][m] = (ev.nonfinite.get(m, 0) > 0, float(ev.nonfinite.get(m, 0)))
+            count = ev.nonfinite.get(m, 0)
+            if culprits:  # NaN/Inf inputs are the root cause; the other streams' NaN follow through the loss
+                out["nonfinite"][m] = (m in culprits, float(ev.nonfinite_inputs.get(m, 0)))
+            else:
+                out["nonfinite"][m] = (count > 0, float(count))
             out["frozen"][m] = (m in ev.frozen, None)
             out["not_optimized"][m] = (m in ev.not_optimized, None)
             score = ev.overfit_score.get(m)
@@ -366,18 +450,19 @@ class Advisor:
         out["not_learning"][ALL] = (at_chance and not fast if at_chance is not None else None, None)
         if out["not_learning"][ALL][0] or self._is_active("not_learning", ALL):
             return out  # nothing to compare while nothing learns
-        # a converged stream's vanishing gradients are success: treated like a memorising one below
-        overfitting |= {
-            m
-            for m in learning
-            if ev.train_acc.get(m, 0.0) >= t.converged_acc and ev.val_acc.get(m, 1.0) >= t.converged_acc
-        }
+        # a converged stream's vanishing gradients are success, a memorising one's are not an lr
+        # problem: neither is slow, dominant or a yardstick for the others
+        settled = overfitting | {m for m in learning if _converged(ev, m, t)}
+
+        def peers(m: str, exclude: set[str]) -> list[str]:
+            # pretrained and fresh parts move at different rates by design: compared only among their own kind
+            return [n for n in learning if n != m and n not in exclude and (n in ev.pretrained) == (m in ev.pretrained)]
 
         for m in learning:
             u = ev.update_ratio.get(m)
             if u is None:
                 continue
-            if m in overfitting or m in fast:  # small updates of a memorising stream: not an lr problem
+            if m in settled or m in fast:
                 out["stalled"][m] = out["slow"][m] = (False, u)
                 continue
             # the proxy's scale says nothing about the real update: no absolute verdict on it
@@ -385,7 +470,7 @@ class Advisor:
             out["stalled"][m] = (None if ev.update_ratio_is_proxy else stalled, u)
             if not ev.compare_streams:
                 continue
-            other_u = [ev.update_ratio.get(n) for n in learning if n != m and n not in overfitting | fast]
+            other_u = [ev.update_ratio.get(n) for n in peers(m, settled | fast)]
             other_u = [v for v in other_u if v is not None and v > 0]
             if other_u:
                 ratio = u / statistics.median(other_u)
@@ -397,18 +482,16 @@ class Advisor:
             return out
         for m in learning:
             gn = ev.grad_norm.get(m)
-            other_gn = [ev.grad_norm[n] for n in learning if n != m and n not in overfitting and n in ev.grad_norm]
+            other_gn = [ev.grad_norm[n] for n in peers(m, settled) if n in ev.grad_norm]
             if gn is None or not other_gn or max(other_gn) <= 0:
                 continue
             ratio = gn / max(other_gn)
-            raw = not slow and not fast and ratio >= self._relaxed("dominant", m, t.dominance_ratio, True)
-            out["dominant"][m] = (raw, ratio)
+            candidate = m not in settled and not slow and not fast
+            out["dominant"][m] = (candidate and ratio >= self._relaxed("dominant", m, t.dominance_ratio, True), ratio)
 
         for m in learning:
             g = None if m in fast else ev.weight_growth.get(m)
-            other_g = [
-                ev.weight_growth[n] for n in learning if n != m and n not in slow | fast and n in ev.weight_growth
-            ]
+            other_g = [ev.weight_growth[n] for n in peers(m, slow | fast) if n in ev.weight_growth]
             if g is not None and other_g and max(other_g) > 0:
                 ratio = g / max(other_g)
                 out["weight_growth"][m] = (
@@ -426,23 +509,24 @@ class Advisor:
         accuracies = [(ev.train_acc[m], ev.val_acc.get(m, ev.train_acc[m]), ev.chance[m]) for m in measured]
         return all(train <= chance + margin and val <= chance + margin for train, val, chance in accuracies)
 
-    def _too_fast(
-        self, ev: EpochEvidence, learning: Sequence[str], out: dict[str, dict[str, tuple[bool | None, float | None]]]
-    ) -> set[str]:
+    def _too_fast(self, ev: EpochEvidence, learning: Sequence[str], out: Conditions) -> set[str]:
         """Fill the ``too_fast`` conditions; return the streams that move (or moved) too fast."""
         t = self.thresholds
         for m in learning:
             largest = ev.max_update_ratio.get(m)
-            if largest is None:
-                continue
-            raw = largest > self._relaxed("too_fast", m, t.fast_update_ratio, True)
-            if not raw and self._is_active("too_fast", m):  # still carrying the weights it inflated
-                others = [ev.weight_growth[n] for n in learning if n != m and n in ev.weight_growth]
-                growth = ev.weight_growth.get(m)
-                reference = max(others) if others and ev.compare_streams else 1.0
-                raw = growth is not None and reference > 0 and growth >= t.weight_growth_ratio * reference
-            if self._is_active("too_fast", m):  # the message names the largest step seen, not the latest
-                largest = max(largest, self.flags[f"too_fast/{m}"].value or 0.0)
+            raw: bool | None = None
+            if largest is not None:
+                raw = largest > self._relaxed("too_fast", m, t.fast_update_ratio, True)
+                if not raw and self._is_active("too_fast", m):  # still carrying the weights it inflated
+                    others = [ev.weight_growth[n] for n in learning if n != m and n in ev.weight_growth]
+                    growth = ev.weight_growth.get(m)
+                    reference = max(others) if others and ev.compare_streams else 1.0
+                    raw = growth is not None and reference > 0 and growth >= t.weight_growth_ratio * reference
+                if self._is_active("too_fast", m):  # the message names the largest step seen, not the latest
+                    largest = max(largest, self.flags[f"too_fast/{m}"].value or 0.0)
+            pretrained, _ = _pretrained_lr_excess(ev, m, t)
+            if pretrained is not None:
+                raw = bool(raw) or pretrained
             out["too_fast"][m] = (raw, largest)
         return {m for m in learning if out["too_fast"].get(m, (None,))[0] or self._is_active("too_fast", m)}
 
@@ -453,31 +537,34 @@ class Advisor:
             ev: The epoch's evidence.
 
         Returns:
-            Active recommendations, warnings first in :data:`KINDS` order, then information;
-            if no warning is active, a single ``healthy`` recommendation (after any
-            information), or ``not_measured`` when the epoch has no step measurements.
+            Active recommendations, warnings first in :data:`KINDS` order, then information. If
+            no warning is active, exactly one of :data:`INFO_KINDS` closes the list:
+            ``pending`` when a condition held this epoch but is not reported yet,
+            ``not_measured`` when part of the epoch could not be checked, else ``healthy``.
         """
         conditions = self._conditions(ev)
         recs: list[Recommendation] = []
+        pending: list[tuple[str, str, _Flag]] = []
         for kind in KINDS:
-            if kind == "not_learning":
-                raw, _ = conditions[kind].get(ALL, (None, None))
-                flag = self._update(kind, ALL, raw, None)
-                if flag.active:
-                    recs.append(Recommendation(kind, None, _msg_not_learning(ev, flag), "warning", max(flag.held, 1)))
-                continue
-            for m in ev.streams:
+            for m in [ALL] if kind == "not_learning" else ev.streams:
                 raw, value = conditions[kind].get(m, (None, None))
                 flag = self._update(kind, m, raw, value)
                 if flag.active:
                     severity: Literal["warning", "info"] = "info" if kind == "frozen" else "warning"
-                    recs.append(Recommendation(kind, m, _MESSAGES[kind](ev, m, flag), severity, max(flag.held, 1)))
+                    message = _MESSAGES[kind](ev, m, flag, self.thresholds)
+                    recs.append(Recommendation(kind, None if m == ALL else m, message, severity, max(flag.held, 1)))
+                elif raw:
+                    pending.append((kind, m, flag))
         recs.sort(key=lambda r: r.severity == "info")  # stable: keeps KINDS order within
-        if not any(r.severity == "warning" for r in recs):
-            if ev.grad_norm or ev.update_ratio:
-                recs.append(Recommendation("healthy", None, _healthy_message(ev), "info", 1))
-            else:
-                recs.append(Recommendation("not_measured", None, _NOT_MEASURED, "info", 1))
+        if any(r.severity == "warning" for r in recs):
+            return recs
+        gaps = _not_measured(ev)
+        if pending:
+            recs.append(Recommendation("pending", None, _pending_message(ev, pending, self.thresholds, gaps), "info"))
+        elif gaps:
+            recs.append(Recommendation("not_measured", None, _not_measured_message(ev, gaps), "info"))
+        else:
+            recs.append(Recommendation("healthy", None, _healthy_message(ev, self.thresholds), "info"))
         return recs
 
 
@@ -516,7 +603,15 @@ def _others(ev: EpochEvidence, m: str) -> list[str]:
     return [n for n in ev.streams if n != m and n not in ev.frozen]
 
 
-def _msg_overfitting(ev: EpochEvidence, m: str, flag: _Flag) -> str:
+def _ratio_name(ev: EpochEvidence) -> str:
+    return "lr*||g||/||w|| (a proxy: track_updates=False)" if ev.update_ratio_is_proxy else "||dw||/||w||"
+
+
+def _per_stream(values: Mapping[str, float], streams: Sequence[str]) -> str:
+    return ", ".join(f"{m} {_fmt(values[m])}" for m in streams if m in values)
+
+
+def _msg_overfitting(ev: EpochEvidence, m: str, flag: _Flag, t: StreamThresholds) -> str:
     parts = [f"score {_fmt(ev.overfit_score.get(m))}"]
     if m in ev.acc_gap:
         parts.append(f"acc gap {_fmt(ev.acc_gap[m])}")
@@ -529,44 +624,95 @@ def _msg_overfitting(ev: EpochEvidence, m: str, flag: _Flag) -> str:
     )
 
 
-def _msg_dominant(ev: EpochEvidence, m: str, flag: _Flag) -> str:
+def _msg_dominant(ev: EpochEvidence, m: str, flag: _Flag, t: StreamThresholds) -> str:
     others = _others(ev, m)
     extra = f", OGM-GE discrepancy {_fmt(ev.discrepancy[m])}" if m in ev.discrepancy else ""
     return (
         f"{m} dominates the gradients (grad norm {_fmt(flag.value)}x that of "
-        f"{_others_text(others)}{extra} {_for(flag)}): lower {_group(ev, m)} {_knob(ev, m, 'lr')} "
-        f"or raise the lr of {_others_text(others)}; if {m}'s inputs or features are on a larger scale than "
-        "the others', normalise them." + _shared_note(ev, m)
+        f"{_others_text(others)}{extra} {_for(flag)}): lower {_group(ev, m)} {_knob(ev, m, 'lr')}; "
+        f"if {m}'s inputs or features are on a larger scale than the others', normalise them instead."
+        + _shared_note(ev, m)
     )
 
 
-def _ratio_name(ev: EpochEvidence) -> str:
-    return "lr*||g||/||w|| (a proxy: track_updates=False)" if ev.update_ratio_is_proxy else "||dw||/||w||"
-
-
-def _msg_not_learning(ev: EpochEvidence, flag: _Flag) -> str:
-    accuracies = ", ".join(f"{m} {_fmt(ev.train_acc[m])}" for m in ev.streams if m in ev.train_acc)
+def _msg_not_learning(ev: EpochEvidence, m: str, flag: _Flag, t: StreamThresholds) -> str:
+    streams = [n for n in ev.streams if n in ev.train_acc]
     classes = sorted({round(1 / c) for c in ev.chance.values() if c > 0})
-    chance = "chance" if len(classes) != 1 else f"chance (1/{classes[0]} = {_fmt(1 / classes[0])})"
-    return (
-        f"no stream learns: every stream's accuracy is at {chance} (train {accuracies}) {_for(flag)}. Check the "
-        "data pipeline (are the labels aligned with the inputs, are the inputs normalised?) and the learning rates "
-        "(a far too small lr leaves every stream where it started)."
+    levels = sorted(set(ev.chance.values()))
+    chance = f"chance ({_fmt(levels[0])})" if len(levels) == 1 else "chance"
+    if len(classes) == 1 and len(levels) == 1:
+        chance = f"chance (1/{classes[0]} = {_fmt(1 / classes[0])})"
+    head = (
+        f"no stream learns: every stream's {ev.score_label} is at {chance} (train {_per_stream(ev.train_acc, streams)}"
+        + (f"; val {_per_stream(ev.val_acc, streams)}" if ev.val_acc else "")
+        + f") {_for(flag)}. "
+    )
+    measured = [n for n in streams if n in ev.update_ratio]
+    updates = _per_stream(ev.update_ratio, measured)
+    if ev.update_ratio_is_proxy or not measured:
+        return head + (
+            "Whether the lrs are too small cannot be told without the measured update (track_updates=False "
+            "gives only the lr*||g||/||w|| proxy): check the data pipeline first (are the labels aligned with "
+            "the inputs?), then raise the lrs."
+        )
+    if all(ev.update_ratio[n] < t.low_update_ratio for n in measured):
+        lrs = ", ".join(f"{_group(ev, n)} {_fmt(ev.lr[n])}" for n in measured if n in ev.lr)
+        return head + (
+            f"The weights barely move: update ratio ||dw||/||w|| per step {updates}, below the healthy range "
+            f"({_fmt(t.low_update_ratio)} .. 1e-2), so the lrs are too small: raise every group's lr"
+            + (f" (now {lrs})" if lrs else "")
+            + ", e.g. 10x at a time."
+        )
+    return head + (
+        f"The weights move at a normal rate (update ratio ||dw||/||w|| per step {updates}), so the lrs are not "
+        "the cause: check the data pipeline (are the labels aligned with the inputs, does each stream carry "
+        "information about the label?)."
     )
 
 
-def _msg_too_fast(ev: EpochEvidence, m: str, flag: _Flag) -> str:
+def _msg_too_fast(ev: EpochEvidence, m: str, flag: _Flag, t: StreamThresholds) -> str:
+    pretrained, fresh = _pretrained_lr_excess(ev, m, t)
+    step = flag.value is not None and flag.value > t.fast_update_ratio * t.release
+    if pretrained and fresh is not None and not step:
+        lr, lr_fresh = ev.lr[m], ev.lr[fresh]
+        updates = _per_stream(ev.update_ratio, [m, fresh])
+        measured = f"; measured update ratio {_ratio_name(ev)} per step: {updates}" if updates else ""
+        return (
+            f"{m} moves too fast for a pretrained part: its lr {_fmt(lr)} is {_fmt(lr / lr_fresh)}x that of the "
+            f"fresh {fresh} ({_fmt(lr_fresh)}){measured}. At the lr of a fresh part it is rewritten as fast as "
+            f"the fresh part learns and forgets its pretraining: lower {_group(ev, m)} {_knob(ev, m, 'lr')}, "
+            f"e.g. to 1/10 of {fresh}'s ({_fmt(lr_fresh / 10)})." + _shared_note(ev, m)
+        )
     growth = ev.weight_growth.get(m)
     grown = f"; its weights are now x{_fmt(growth)} their size at the start" if growth is not None else ""
+    others = [ev.grad_norm[n] for n in _others(ev, m) if n in ev.grad_norm]
+    gn = ev.grad_norm.get(m)
+    # large gradients at an lr no larger than the others' point at the scale of the inputs, not the lr
+    lr_above = m in ev.lr and any(ev.lr[m] > ev.lr[n] for n in _others(ev, m) if n in ev.lr)
+    scale = ""
+    if (
+        ev.compare_streams
+        and not lr_above
+        and gn is not None
+        and others
+        and max(others) > 0
+        and gn >= t.dominance_ratio * max(others)
+    ):
+        scale = (
+            f" Its gradients are also {_fmt(gn / max(others))}x the others': if {m}'s inputs or features are on a "
+            "larger scale, normalising them is the lasting fix."
+        )
     return (
-        f"{m} moves too fast (a step moved its weights by {_fmt(flag.value)} of their norm, update ratio "
-        f"||dw||/||w||{grown}): lower {_group(ev, m)} {_knob(ev, m, 'lr')}; "
-        "warm-up or gradient clipping (ParamGroup max_grad_norm) also bound the first steps." + _shared_note(ev, m)
+        f"{m} moves too fast (largest update ratio ||dw||/||w|| of one step {_fmt(flag.value)}, the healthy range "
+        f"being 1e-4 .. 1e-2{grown}): lower {_group(ev, m)} {_knob(ev, m, 'lr')}; "
+        "warm-up or gradient clipping (ParamGroup max_grad_norm) also bound the first steps."
+        + scale
+        + _shared_note(ev, m)
     )
 
 
-def _msg_slow(ev: EpochEvidence, m: str, flag: _Flag) -> str:
-    others = _others(ev, m)
+def _msg_slow(ev: EpochEvidence, m: str, flag: _Flag, t: StreamThresholds) -> str:
+    others = [n for n in _others(ev, m) if (n in ev.pretrained) == (m in ev.pretrained)]
     return (
         f"{m} learns slowly (update ratio {_ratio_name(ev)} {_fmt(ev.update_ratio.get(m))}, "
         f"{_fmt(flag.value)}x the median of {_others_text(others)} {_for(flag)}): raise "
@@ -574,7 +720,7 @@ def _msg_slow(ev: EpochEvidence, m: str, flag: _Flag) -> str:
     )
 
 
-def _msg_stalled(ev: EpochEvidence, m: str, flag: _Flag) -> str:
+def _msg_stalled(ev: EpochEvidence, m: str, flag: _Flag, t: StreamThresholds) -> str:
     return (
         f"{m} has stalled (update ratio ||dw||/||w|| {_fmt(ev.update_ratio.get(m))} "
         f"{_for(flag)}): raise {_group(ev, m)} {_knob(ev, m, 'lr')}, and check that its lr is "
@@ -582,8 +728,8 @@ def _msg_stalled(ev: EpochEvidence, m: str, flag: _Flag) -> str:
     )
 
 
-def _msg_weight_growth(ev: EpochEvidence, m: str, flag: _Flag) -> str:
-    others = _others(ev, m)
+def _msg_weight_growth(ev: EpochEvidence, m: str, flag: _Flag, t: StreamThresholds) -> str:
+    others = [n for n in _others(ev, m) if (n in ev.pretrained) == (m in ev.pretrained)]
     return (
         f"{m} weights grow fastest (||w|| x{_fmt(ev.weight_growth.get(m))} since the start, "
         f"{_fmt(flag.value)}x the growth of {_others_text(others)} {_for(flag)}): raise "
@@ -591,15 +737,35 @@ def _msg_weight_growth(ev: EpochEvidence, m: str, flag: _Flag) -> str:
     )
 
 
-def _msg_nonfinite(ev: EpochEvidence, m: str, flag: _Flag) -> str:
+def _msg_nonfinite(ev: EpochEvidence, m: str, flag: _Flag, t: StreamThresholds) -> str:
+    culprits = _input_culprits(ev)
+    if m in culprits:
+        followers = [f"{n} ({ev.nonfinite[n]})" for n in ev.streams if n not in culprits and ev.nonfinite.get(n, 0) > 0]
+        follow = (
+            f"; the NaN/Inf gradients of {_others_text(followers)} follow from them through the shared loss"
+            if followers
+            else ""
+        )
+        return (
+            f"{m}'s inputs hold NaN/Inf values ({int(ev.nonfinite_inputs[m])} in the batches of the steps with "
+            f"non-finite gradients this epoch; {int(ev.nonfinite.get(m, 0))} NaN/Inf gradient values in {m}{follow}): "
+            f"check the {m} inputs (data pipeline, missing values, normalisation) - the lr is not the cause."
+        )
+    count = int(ev.nonfinite.get(m, 0))
+    if m in ev.nonfinite_inputs:  # checked and finite: the optimisation diverged
+        return (
+            f"{m} has non-finite gradients ({count} NaN/Inf values this epoch) although its inputs on those steps "
+            f"were finite: lower {_group(ev, m)} {_knob(ev, m, 'lr')}; gradient clipping (ParamGroup "
+            "max_grad_norm) also bounds it." + _shared_note(ev, m)
+        )
     return (
-        f"{m} has non-finite gradients ({int(flag.value or 0)} NaN/Inf values this epoch): lower "
-        f"{_group(ev, m)} {_knob(ev, m, 'lr')}, clip its gradients (ParamGroup max_grad_norm), "
-        f"and check the {m} inputs for NaN/Inf."
+        f"{m} has non-finite gradients ({count} NaN/Inf values this epoch); its inputs could not be checked (the "
+        "batch does not map stream names to input tensors), so the cause is undecided: check the "
+        f"{m} inputs for NaN/Inf first; if they are finite, lower {_group(ev, m)} {_knob(ev, m, 'lr')}."
     )
 
 
-def _msg_frozen(ev: EpochEvidence, m: str, flag: _Flag) -> str:
+def _msg_frozen(ev: EpochEvidence, m: str, flag: _Flag, t: StreamThresholds) -> str:
     return (
         f"{m} is frozen (no trainable parameter or no gradient this epoch): its weights do not "
         "change. Ignore this if intended; otherwise set requires_grad and check that its output "
@@ -607,14 +773,15 @@ def _msg_frozen(ev: EpochEvidence, m: str, flag: _Flag) -> str:
     )
 
 
-def _msg_not_optimized(ev: EpochEvidence, m: str, flag: _Flag) -> str:
+def _msg_not_optimized(ev: EpochEvidence, m: str, flag: _Flag, t: StreamThresholds) -> str:
     return (
         f"{m} receives gradients but none of its parameters is in an optimizer param group: add "
         "them in configure_optimizers (or a ParamGroup pattern)."
     )
 
 
-_MESSAGES: dict[str, Callable[[EpochEvidence, str, _Flag], str]] = {
+_MESSAGES: dict[str, Callable[[EpochEvidence, str, _Flag, StreamThresholds], str]] = {
+    "not_learning": _msg_not_learning,
     "overfitting": _msg_overfitting,
     "too_fast": _msg_too_fast,
     "dominant": _msg_dominant,
@@ -626,23 +793,80 @@ _MESSAGES: dict[str, Callable[[EpochEvidence, str, _Flag], str]] = {
     "not_optimized": _msg_not_optimized,
 }
 
+_PENDING_VALUE = {
+    "overfitting": "overfitting score {}",
+    "dominant": "grad norm {}x the others'",
+    "slow": "update ratio {}x the others' median",
+    "stalled": "update ratio {}",
+    "weight_growth": "weight growth {}x the others'",
+}
 
-_NOT_MEASURED = (
-    "not measured: no optimizer step was logged in this epoch, so no stream could be checked; log more "
-    "often than once per epoch (Trainer log_every_n_steps below the steps per epoch)."
-)
+
+def _not_measured(ev: EpochEvidence) -> list[str]:
+    """What this epoch could not check, although the set-up can measure it."""
+    gaps = []
+    if not (ev.grad_norm or ev.update_ratio):
+        gaps.append(
+            "gradients and updates not measured: no optimizer step was logged in this epoch (log more often than "
+            "once per epoch: log_every_n_steps below the steps per epoch)"
+        )
+    if ev.compare_streams and ev.predictions_seen and not ev.overfit_score:
+        reason = "no validation ran this epoch" if not ev.val_acc else "validation returned no per-stream predictions"
+        gaps.append(f"overfitting not measured: {reason} (the last verdict on it stands)")
+    return gaps
 
 
-def _healthy_message(ev: EpochEvidence) -> str:
+def _measured_fine(ev: EpochEvidence) -> list[str]:
     details = []
     if ev.grad_norm:
-        details.append("grad norm " + ", ".join(f"{m} {_fmt(v)}" for m, v in ev.grad_norm.items()))
+        details.append("grad norm " + _per_stream(ev.grad_norm, list(ev.grad_norm)))
+    if ev.update_ratio:
+        details.append(f"update ratio {_ratio_name(ev)} " + _per_stream(ev.update_ratio, list(ev.update_ratio)))
     if ev.overfit_score:
-        details.append("overfitting score " + ", ".join(f"{m} {_fmt(v)}" for m, v in ev.overfit_score.items()))
+        details.append("overfitting score " + _per_stream(ev.overfit_score, list(ev.overfit_score)))
+    return details
+
+
+def _pending_message(
+    ev: EpochEvidence, pending: Sequence[tuple[str, str, _Flag]], t: StreamThresholds, gaps: Sequence[str]
+) -> str:
+    items = []
+    for kind, m, flag in pending:
+        held = f"{flag.on_streak} of {t.patience} epochs"
+        if kind == "not_learning":
+            items.append(
+                f"every stream's {ev.score_label} at chance (train {_per_stream(ev.train_acc, ev.streams)}; {held})"
+            )
+        else:
+            value = _PENDING_VALUE[kind].format(_fmt(flag.value)) + "; " if kind in _PENDING_VALUE else ""
+            items.append(f"{kind} on {m} ({value}{held})")
+    text = (
+        "pending, not healthy: " + "; ".join(items) + f". Reported as advice if it holds {t.patience} epochs in a row."
+    )
+    return text + (" Also " + "; ".join(gaps) + "." if gaps else "")
+
+
+def _not_measured_message(ev: EpochEvidence, gaps: Sequence[str]) -> str:
+    fine = _measured_fine(ev)
+    tail = f" What was measured is fine ({'; '.join(fine)})." if fine else ""
+    return "not measured, so not called healthy: " + "; ".join(gaps) + "." + tail
+
+
+def _healthy_message(ev: EpochEvidence, t: StreamThresholds) -> str:
+    details = _measured_fine(ev)
+    for m in sorted(ev.pretrained):
+        _, fresh = _pretrained_lr_excess(ev, m, t)
+        if fresh is not None:
+            details.append(f"pretrained {m} at {_fmt(ev.lr[m] / ev.lr[fresh])}x the lr of the fresh {fresh}")
+    # what this set-up cannot measure in any epoch: named, so that "healthy" never claims it
+    if ev.update_ratio_is_proxy:
+        details.append(
+            "step size not measured: track_updates=False gives only the lr*||g||/||w|| proxy (too_fast and "
+            "stalled not checked)"
+        )
     if ev.compare_streams:
-        if not ev.overfit_score:
-            reason = "no validation this epoch" if ev.predictions_seen else "no per-stream predictions"
-            details.append(f"overfitting not measured ({reason})")
+        if not ev.predictions_seen:
+            details.append("overfitting not measured: the model returns no per-stream predictions")
         return "healthy: no stream is starving, dominating, memorising or diverging (" + "; ".join(details) + ")."
     # parts in series (backbone, head) have no predictions of their own and are not compared
     details.append(f"the parts {list(ev.streams)} are in series and not compared with each other")

@@ -388,6 +388,7 @@ class StreamMonitor(EpochEndCallback):
         values = epoch_metrics(
             self.stream_names, train, val, self._steps.accumulators, self._previous_losses, self._task, internals
         )
+        self._sum_input_counts_over_ranks(trainer)
         evidence = build_evidence(
             epoch,
             self._bindings,
@@ -412,6 +413,15 @@ class StreamMonitor(EpochEndCallback):
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in logged.items()})
         self._record_history(epoch, logged)
         self._publish_advice(trainer, epoch)
+
+    def _sum_input_counts_over_ranks(self, trainer: pl.Trainer) -> None:
+        # every rank sees the same bad steps (the gradients are all-reduced) but only its own batches
+        assert self._steps is not None
+        scanned = [acc for acc in self._steps.accumulators.values() if acc.inputs_scanned]
+        if trainer.world_size > 1 and scanned:
+            counts = torch.tensor([acc.nonfinite_inputs for acc in scanned], device=trainer.strategy.root_device)
+            for acc, total in zip(scanned, trainer.strategy.reduce(counts, reduce_op="sum").tolist(), strict=True):
+                acc.nonfinite_inputs = int(total)
 
     def _record_history(self, epoch: int, epoch_metrics: dict[str, float]) -> None:
         assert self._steps is not None

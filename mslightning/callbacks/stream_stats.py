@@ -290,7 +290,7 @@ def overfitting_to_generalization_ratio(
     previous_val_loss: float,
     train_loss: float,
     val_loss: float,
-    eps: float = 1e-6,
+    rel_tol: float = 0.02,
 ) -> float | None:
     """Gradient-Blending's overfitting-to-generalisation ratio between two checkpoints.
 
@@ -299,19 +299,29 @@ def overfitting_to_generalization_ratio(
     ``dG = L_val_before - L_val_now`` (the generalisation gained), ``OGR = |dO / dG|``. Small is
     good: the stream gains generalisation faster than it overfits.
 
+    The ratio is undefined when ``dG`` is tiny *relative to the losses*: a stream at 100%
+    validation accuracy has losses near 0, its ``dG`` is noise (1e-5), and ``|dO / dG|`` reads
+    100s although nothing overfits. Since ``|dO| <= 2 * max(losses)``, the rule below also
+    bounds a reported OGR by ``2 / rel_tol`` (100 with the default).
+
     Args:
         previous_train_loss: Train loss at the earlier checkpoint.
         previous_val_loss: Validation loss at the earlier checkpoint.
         train_loss: Train loss now.
         val_loss: Validation loss now.
-        eps: ``|dG|`` at or below this makes the ratio undefined.
+        rel_tol: ``|dG|`` at or below this fraction of the largest of the four losses makes the
+            ratio undefined.
 
     Returns:
-        The OGR, or None when ``|dG| <= eps`` or an input is not finite.
+        The OGR, or None when ``|dG|`` is at or below ``rel_tol`` times the largest loss, or an
+        input is not finite.
     """
     delta_o = (val_loss - train_loss) - (previous_val_loss - previous_train_loss)
     delta_g = previous_val_loss - val_loss
-    if not math.isfinite(delta_o) or not math.isfinite(delta_g) or abs(delta_g) <= eps:
+    if not math.isfinite(delta_o) or not math.isfinite(delta_g):
+        return None
+    scale = max(abs(previous_train_loss), abs(previous_val_loss), abs(train_loss), abs(val_loss))
+    if abs(delta_g) <= rel_tol * scale:
         return None
     return abs(delta_o / delta_g)
 

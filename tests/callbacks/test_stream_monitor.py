@@ -25,6 +25,7 @@ from monitor_testkit import (
 
 from mslightning.callbacks import StreamMonitor, StreamThresholds
 from mslightning.callbacks.monitor_metrics import METRICS, expected_keys, resolve
+from mslightning.callbacks.stream_stats import overfitting_to_generalization_ratio
 
 STREAMS = list(USER_STREAMS)
 
@@ -82,8 +83,18 @@ def test_user_model_logs_every_tag_the_layout_and_oracle_norms(tmp_path):
     log_dir = trainer.logger.log_dir
     scalars = read_scalars(log_dir)
 
-    missing = _expected_tags() - set(scalars)
+    # the OGR is logged where it is defined: not while a stream's val loss barely moves
+    undefined = {
+        f"streams/ogr/{s}"
+        for s in STREAMS
+        if overfitting_to_generalization_ratio(
+            *(outputs.epoch_values(stage, epoch, s)[1] for epoch in (0, 1) for stage in ("train", "val"))
+        )
+        is None
+    }
+    missing = _expected_tags() - undefined - set(scalars)
     assert not missing, f"missing tags: {sorted(missing)}"
+    assert not undefined & set(scalars)
 
     # every optimizer step was logged, at the step index, with norms equal to the oracle's
     assert sorted(scalars["streams/grad_norm/visible"]) == list(range(8)) == sorted(oracle.grad_norm)
@@ -128,7 +139,7 @@ def test_user_model_logs_every_tag_the_layout_and_oracle_norms(tmp_path):
     assert charts["streams: overfitting/overfit_score"] == [re.escape(f"streams/overfit_score/{s}") for s in STREAMS]
     for chart_tags in charts.values():  # every chart line matches a logged tag (fusion: none here)
         for tag in chart_tags:
-            assert "fusion" in tag or any(re.fullmatch(tag, logged) for logged in scalars), tag
+            assert "fusion" in tag or tag in undefined or any(re.fullmatch(tag, logged) for logged in scalars), tag
 
     texts = read_texts(log_dir, "streams/recommendations")
     assert len(texts) == 2 and "healthy" in texts[-1]
@@ -438,7 +449,8 @@ def test_resume_keeps_history_and_hysteresis(tmp_path):
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     # two tiny epochs leave the streams 0.01-0.04 above chance: a narrow margin keeps "not_learning" out of a
     # test about dominance and hysteresis
-    thresholds = StreamThresholds(chance_margin=0.01)
+    # x5 features give grad norms 3-9x apart here: the pre-5x dominance threshold keeps this test about hysteresis
+    thresholds = StreamThresholds(chance_margin=0.01, dominance_ratio=3.0)
     monitor = StreamMonitor(streams=USER_STREAMS, verbose=False, thresholds=thresholds)
     pl.seed_everything(2, verbose=False)  # an initialisation whose dominance shows within two tiny epochs
     _fit(
@@ -450,7 +462,7 @@ def test_resume_keeps_history_and_hysteresis(tmp_path):
         max_epochs=1,
         enable_checkpointing=True,
     )
-    assert monitor.recommendations[0].kind == "healthy"  # one epoch: not reported yet
+    assert not [r for r in monitor.recommendations if r.severity == "warning"]  # one epoch: not reported yet
     saved = monitor.state_dict()
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     assert monitor.state_key in ckpt["callbacks"]

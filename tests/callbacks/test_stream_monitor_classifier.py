@@ -64,11 +64,12 @@ def test_tags_layout_fusion_weights_and_text(run):
         "train_acc",
         "val_acc",
         "overfit_score",
-        "ogr",
         "discrepancy_ratio",
     ]:
         for s in STREAMS:
             assert f"streams/{metric}/{s}" in scalars, metric
+    # the OGR is logged only where the val loss moved measurably, and is then bounded (2 / rel_tol)
+    assert all(0 <= v <= 100 for tag, values in scalars.items() if "/ogr/" in tag for v in values.values())
     assert "streams/learning_speed/rgb_vs_depth" in scalars
     weights = model.fusion.stream_weights().detach()
     for i, s in enumerate(STREAMS):

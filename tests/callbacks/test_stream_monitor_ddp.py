@@ -56,7 +56,7 @@ class Dump(Callback):
 def _train(out_dir: str) -> None:
     pl.seed_everything(0, verbose=False)
     # patience 1 and a dominating thermal branch make the advice non-trivial, so equal advice means something
-    monitor = StreamMonitor(streams=USER_STREAMS, thresholds=StreamThresholds(patience=1))
+    monitor = StreamMonitor(streams=USER_STREAMS, thresholds=StreamThresholds(patience=1, dominance_ratio=3.0))
     oracle = GradOracle(branch_prefixes())
     kwargs = trainer_kwargs(Path(out_dir), max_epochs=2, limit_train_batches=None, limit_val_batches=None)
     kwargs.update(strategy="ddp_spawn", devices=2)

@@ -140,6 +140,18 @@ def test_ogr_follows_wang_et_al():
     assert overfitting_to_generalization_ratio(1.0, float("nan"), 0.5, 1.5) is None
 
 
+def test_ogr_is_undefined_when_the_val_loss_change_is_tiny_relative_to_the_losses():
+    # measured: a stream at 100% validation accuracy, losses ~0.002-0.02, dG 6e-5 -> |dO/dG| = 237
+    assert overfitting_to_generalization_ratio(0.0195, 0.001861, 0.0049, 0.0018) is None
+    # the same absolute dG on losses of order 1 is just as undefined; 3% of the loss is a real change
+    assert overfitting_to_generalization_ratio(0.66, 0.6006, 0.6557, 0.59999) is None
+    assert overfitting_to_generalization_ratio(1.0, 1.0, 0.9, 0.97) == pytest.approx(0.07 / 0.03)
+    assert overfitting_to_generalization_ratio(1.0, 1.0, 0.9, 0.97, rel_tol=0.05) is None
+    # what the rule lets through is bounded by 2 / rel_tol
+    assert overfitting_to_generalization_ratio(0.0, 1.0, 1.0, 0.979) <= 2 / 0.02
+    assert overfitting_to_generalization_ratio(0.0, 0.0, 0.0, 0.0) is None
+
+
 def test_discrepancy_ratio_two_streams_is_the_papers_ratio():
     ratios = discrepancy_ratios({"rgb": 0.8, "depth": 0.4})
     assert ratios == pytest.approx({"rgb": 2.0, "depth": 0.5})
