@@ -46,6 +46,7 @@ __all__ = [
     "check_streams",
     "match_streams",
     "parse_stream_outputs",
+    "stream_pairs",
     "stream_patterns_of",
 ]
 
@@ -208,6 +209,18 @@ def check_classification_batch(
             )
 
 
+def stream_pairs(streams: Sequence[str]) -> list[tuple[str, str]]:
+    """Every pair of streams in declaration order.
+
+    Args:
+        streams: Stream names.
+
+    Returns:
+        ``[(a, b), ...]`` with a before b; named ``<a>_vs_<b>`` in logged keys.
+    """
+    return [(a, b) for i, a in enumerate(streams) for b in streams[i + 1 :]]
+
+
 # ---------------------------------------------------------------------- the parameters a stream owns
 
 
@@ -331,8 +344,6 @@ class StreamOutputs:
     predictions: Mapping[str, Tensor]
     target: Tensor
 
-    task: ClassVar[str] = ""
-    """The task's name."""
     score_name: ClassVar[str] = ""
     """The name of its quality score in logged keys (``train_<score_name>/<stream>``)."""
     score_label: ClassVar[str] = ""
@@ -400,7 +411,6 @@ class ClassificationOutputs(StreamOutputs):
         target: ``(B,)`` integer class indices in ``[0, K)`` (or ``-100``).
     """
 
-    task: ClassVar[str] = "classification"
     score_name: ClassVar[str] = "acc"
     score_label: ClassVar[str] = "accuracy"
     confidence_name: ClassVar[str] = "true_class_score"
@@ -435,7 +445,6 @@ class RankingOutputs(StreamOutputs):
             share of votes for a soft one); exactly 0.5 is a tie, left out of the pair accuracy.
     """
 
-    task: ClassVar[str] = "ranking"
     score_name: ClassVar[str] = "pair_acc"
     score_label: ClassVar[str] = "pair accuracy"
     confidence_name: ClassVar[str] = "preferred_prob"
@@ -476,7 +485,6 @@ class PoissonOutputs(StreamOutputs):
     mask: Tensor | None = None
     session: str | None = None
 
-    task: ClassVar[str] = "poisson"
     score_name: ClassVar[str] = "corr"
     score_label: ClassVar[str] = "correlation"
     confidence_name: ClassVar[str] = "corr_clipped"

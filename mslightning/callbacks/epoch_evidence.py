@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from mslightning.callbacks.advice import EpochEvidence
-from mslightning.callbacks.monitor_metrics import resolve, stream_pairs
+from mslightning.callbacks.monitor_metrics import resolve
 from mslightning.callbacks.step_statistics import EpochAccumulator, StreamBinding
 from mslightning.callbacks.stream_stats import (
     conditional_learning_speed,
@@ -25,7 +25,7 @@ from mslightning.callbacks.stream_stats import (
     overfitting_score,
     overfitting_to_generalization_ratio,
 )
-from mslightning.streams import StreamOutputs
+from mslightning.streams import StreamOutputs, stream_pairs
 
 __all__ = ["build_evidence", "epoch_metrics", "fusion_internals", "step_means", "to_host"]
 
@@ -44,8 +44,8 @@ def epoch_metrics(
     Args:
         streams: Stream names in order.
         train: The training batches' ``{"score", "loss", "confidence"}`` per stream (0-dim
-            tensors, :meth:`PredictionTally.compute`); may be empty. A stream with a NaN value
-            (nothing scored) is left out.
+            tensors, :meth:`PredictionTally.compute`); may be empty. A NaN value (nothing
+            scored, or a NaN loss) is left out, with the metrics derived from it.
         val: The same for validation (empty when no validation ran this epoch).
         accumulators: The epoch's step sums per stream.
         previous_losses: Stream -> ``(train loss, val loss)`` of the previous validated epoch,
@@ -65,30 +65,33 @@ def epoch_metrics(
     for key, value in host.items():
         if key[0] in staged:
             staged[key[0]].setdefault(key[1], {})[key[2]] = value
-    train_scores = {s: v for s, v in staged["train"].items() if all(math.isfinite(x) for x in v.values())}
-    val_scores = {s: v for s, v in staged["val"].items() if all(math.isfinite(x) for x in v.values())}
+    # each value on its own: one NaN batch spoils a stream's loss, not its accuracy
+    finite = {
+        stage: {s: {k: x for k, x in v.items() if math.isfinite(x)} for s, v in staged[stage].items()}
+        for stage in staged
+    }
     out: dict[tuple[str, str], float] = {(k[1], k[2]): v for k, v in host.items() if k[0] == "extra"}
     score, confidence = resolve("{score}", task), resolve("{confidence}", task)
+    names = {"score": score, "loss": "loss"}
     for stream in streams:
-        for stage, values in (("train", train_scores.get(stream)), ("val", val_scores.get(stream))):
-            if values:
-                out[(f"{stage}_{score}", stream)] = values["score"]
-                out[(f"{stage}_loss", stream)] = values["loss"]
-        tr, va = train_scores.get(stream), val_scores.get(stream)
-        if tr:
+        tr, va = finite["train"].get(stream, {}), finite["val"].get(stream, {})
+        for stage, values in (("train", tr), ("val", va)):
+            out.update({(f"{stage}_{names[k]}", stream): values[k] for k in names if k in values})
+        if "confidence" in tr:
             out[(confidence, stream)] = tr["confidence"]
-        if tr and va:
-            score_gap, loss_gap = tr["score"] - va["score"], va["loss"] - tr["loss"]
-            out[(f"{score}_gap", stream)] = score_gap
-            out[("loss_gap", stream)] = loss_gap
-            out[("overfit_score", stream)] = overfitting_score(score_gap, loss_gap)
+        if "score" in tr and "score" in va:
+            out[(f"{score}_gap", stream)] = tr["score"] - va["score"]
+        if "loss" in tr and "loss" in va:
+            out[("loss_gap", stream)] = va["loss"] - tr["loss"]
             previous = previous_losses.get(stream)
             if previous is not None:
                 ogr = overfitting_to_generalization_ratio(previous[0], previous[1], tr["loss"], va["loss"])
                 if ogr is not None:
                     out[("ogr", stream)] = ogr
             previous_losses[stream] = (tr["loss"], va["loss"])
-    confidences = {s: train_scores[s]["confidence"] for s in streams if s in train_scores}
+        if (f"{score}_gap", stream) in out and ("loss_gap", stream) in out:
+            out[("overfit_score", stream)] = overfitting_score(out[(f"{score}_gap", stream)], out[("loss_gap", stream)])
+    confidences = {s: finite["train"][s]["confidence"] for s in streams if "confidence" in finite["train"].get(s, {})}
     out.update({("discrepancy_ratio", s): v for s, v in discrepancy_ratios(confidences).items()})
     mean_mu = {s: acc.mu / acc.grad_steps for s, acc in accumulators.items() if acc.grad_steps}
     for a, b in stream_pairs(streams):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mslightning.callbacks._tensorboard import Layout, multiline
-from mslightning.streams import ClassificationOutputs, PoissonOutputs, RankingOutputs, StreamOutputs
+from mslightning.streams import ClassificationOutputs, PoissonOutputs, RankingOutputs, StreamOutputs, stream_pairs
 
 __all__ = [
     "METRICS",
@@ -31,10 +31,9 @@ __all__ = [
     "metric_key",
     "metrics_table",
     "resolve",
-    "stream_pairs",
 ]
 
-Needs = Literal["steps", "updates", "predictions", "validation"]
+Needs = Literal["epochs", "steps", "updates", "predictions", "validation"]
 _TASKS = (ClassificationOutputs, RankingOutputs, PoissonOutputs)
 
 
@@ -47,8 +46,9 @@ class MetricSpec:
         when: ``"step"`` (every logging step) or ``"epoch"`` (once per epoch).
         over: ``"stream"`` (one value per stream) or ``"pair"`` (``<a>_vs_<b>``).
         chart: The custom-scalars category it is drawn in.
-        needs: What must be measured for it to exist: optimizer ``steps``, ``updates``
-            (``track_updates``), per-stream ``predictions``, or ``validation`` predictions.
+        needs: What must be measured for it to exist: nothing but ``epochs``, optimizer
+            ``steps``, ``updates`` (``track_updates``), per-stream ``predictions``, or
+            ``validation`` predictions.
         description: Its meaning, for the documentation.
         column: Its column title in :func:`format_summary`, or None.
     """
@@ -180,7 +180,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "> 1: the stream dominates.",
         "rho",
     ),
-    MetricSpec("alerts", "epoch", "stream", "balance", "steps", "Number of active warnings naming the stream."),
+    MetricSpec("alerts", "epoch", "stream", "balance", "epochs", "Number of active warnings naming the stream."),
 )
 """Every metric :class:`~mslightning.callbacks.StreamMonitor` logs, in documentation order."""
 
@@ -199,11 +199,21 @@ NOTES: dict[str, tuple[bool, str]] = {
     ),
     "soft": (
         True,
-        "'target' is a float tensor {shape} (soft labels?); the per-stream metrics need class indices and are skipped.",
+        "'target' is a float tensor {shape} (soft labels?); the per-stream metrics need class indices and are "
+        "skipped. Return (B,) int64 class indices as the target to get them.",
     ),
     "missing": (True, "the per-stream outputs have no prediction for {streams}; their metrics are skipped."),
+    "other": (
+        False,
+        "the per-stream outputs also hold {streams}, which this monitor does not watch (its streams are "
+        "{monitored}); they are left out.",
+    ),
     "outside": (False, "{count} trainable parameter(s) belong to no stream and are not monitored: {names}."),
-    "no_logger": (False, "the Trainer has no logger; the metrics are kept in StreamMonitor.history only."),
+    "no_logger": (
+        False,
+        "the Trainer has no logger; the metrics are kept in StreamMonitor.history and the advice in "
+        "StreamMonitor.recommendations only.",
+    ),
     "no_tensorboard": (
         False,
         "no TensorBoardLogger; scalars go to {loggers}, without the custom-scalars layout, advice text or histograms.",
@@ -240,18 +250,6 @@ def metric_key(prefix: str, metric: str, over: str | None = None) -> str:
     return f"{prefix}/{metric}" if over is None else f"{prefix}/{metric}/{over}"
 
 
-def stream_pairs(streams: Sequence[str]) -> list[tuple[str, str]]:
-    """Every pair of streams in declaration order.
-
-    Args:
-        streams: Stream names.
-
-    Returns:
-        ``[(a, b), ...]`` with a before b; logged as ``<a>_vs_<b>``.
-    """
-    return [(a, b) for i, a in enumerate(streams) for b in streams[i + 1 :]]
-
-
 def _pairs(streams: Sequence[str]) -> list[str]:
     return [f"{a}_vs_{b}" for a, b in stream_pairs(streams)]
 
@@ -264,7 +262,7 @@ def expected_keys(
     prefix: str,
     streams: Sequence[str],
     task: type[StreamOutputs] | None = None,
-    measured: Iterable[Needs] = ("steps", "updates", "predictions", "validation"),
+    measured: Iterable[Needs] = ("epochs", "steps", "updates", "predictions", "validation"),
     when: Literal["step", "epoch"] | None = None,
 ) -> set[str]:
     """The keys a run logs, for what it measures.

@@ -21,7 +21,6 @@ from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
 from torch.optim import Optimizer
 
-from mslightning.callbacks.monitor_metrics import stream_pairs
 from mslightning.callbacks.stream_stats import (
     count_nonfinite,
     grad_stats,
@@ -29,6 +28,7 @@ from mslightning.callbacks.stream_stats import (
     update_norm,
     weight_stats,
 )
+from mslightning.streams import stream_pairs
 
 __all__ = [
     "EpochAccumulator",
@@ -37,6 +37,7 @@ __all__ = [
     "bind_streams",
     "optimizer_names",
     "stream_histograms",
+    "stream_inputs",
 ]
 
 _VALUES_PER_STREAM = 4  # grad norm, grad max, weight norm, weight sum
@@ -140,28 +141,35 @@ def _loss_scale(scaler: Any) -> Tensor:
     return torch.tensor(float(scaler.get_scale()))
 
 
-def optimizer_names(optimizers: Sequence[Optimizer], scheduled_first: Sequence[Optimizer] = ()) -> list[str]:
+def optimizer_names(
+    optimizers: Sequence[Optimizer], scheduled: Sequence[tuple[Optimizer, str | None]] = ()
+) -> list[str]:
     """Each optimizer's name as Lightning's ``LearningRateMonitor`` writes it, without ``lr-``.
 
     The class name, with ``-1``, ``-2``, ... for the second, third, ... optimizer of one class,
-    counted in LearningRateMonitor's order: optimizers with a scheduler first.
+    counted in LearningRateMonitor's order (optimizers with a scheduler first); an optimizer whose
+    scheduler config has a ``name`` is called by that name.
 
     Args:
         optimizers: ``trainer.optimizers``.
-        scheduled_first: The optimizers that have a scheduler, in the order of
-            ``trainer.lr_scheduler_configs``.
+        scheduled: ``(optimizer, scheduler config name)`` of each ``trainer.lr_scheduler_configs``
+            entry, in order.
 
     Returns:
         One name per optimizer of ``optimizers``, in that order (``["AdamW", "AdamW-1"]``).
     """
-    order = [o for o in scheduled_first if any(o is p for p in optimizers)]
-    order += [o for o in optimizers if not any(o is p for p in order)]
+    order: list[tuple[Optimizer, str | None]] = []
+    for optimizer, name in [*scheduled, *((o, None) for o in optimizers)]:
+        if any(optimizer is p for p in optimizers) and not any(optimizer is o for o, _ in order):
+            order.append((optimizer, name))
     seen: defaultdict[type, int] = defaultdict(int)
     names: dict[int, str] = {}
-    for optimizer in order:
-        seen[type(optimizer)] += 1
-        count = seen[type(optimizer)]
-        names[id(optimizer)] = type(optimizer).__name__ + (f"-{count - 1}" if count > 1 else "")
+    for optimizer, scheduler_name in order:
+        if scheduler_name is None:
+            seen[type(optimizer)] += 1
+        count = seen.get(type(optimizer), 0)
+        base = scheduler_name or type(optimizer).__name__
+        names[id(optimizer)] = base + (f"-{count - 1}" if count > 1 else "")
     return [names[id(o)] for o in optimizers]
 
 
@@ -281,81 +289,84 @@ class StepStatistics:
         self.accumulators: dict[str, EpochAccumulator] = {s: EpochAccumulator() for s in self.bindings}
         self.initial_weight_norm: dict[str, float] = {} if initial_weight_norm is None else initial_weight_norm
         """Each stream's weight norm at its first measured step (kept across epochs; filled in place)."""
-        self._pending: dict[str, Any] | None = None
+        self._reset_capture()
 
     @property
     def pending(self) -> bool:
-        """Whether a captured step waits for :meth:`finish`."""
-        return self._pending is not None
+        """Whether captured streams wait for :meth:`finish`."""
+        return bool(self._captured)
 
     def start_epoch(self) -> None:
         """Start new accumulators (the initial weight norms stay)."""
         self.accumulators = {s: EpochAccumulator() for s in self.bindings}
 
     def release(self) -> None:
-        """Free the scratch copies and forget a captured step."""
+        """Free the scratch copies and forget captured streams."""
         for binding in self.bindings.values():
             binding.snapshot = None
-        self._pending = None
+        self._reset_capture()
+
+    def _reset_capture(self) -> None:
+        self._captured: dict[str, dict[str, Any]] = {}  # stream -> index into _values, grads seen, scaled
+        self._values: list[Tensor] = []
+        self._knobs: dict[tuple[str, str], tuple[bool, float | int]] = {}  # -> (on device?, value or index)
+        self._scaler: Any = None
+        self._scale_index: int | None = None
+        self._device: torch.device | None = None
 
     @torch.no_grad()
-    def capture(self, optimizers: Sequence[Optimizer], optimizer: Optimizer | None = None, scaler: Any = None) -> None:
-        """Read gradients and weights before the step; copy the weights when tracking updates.
+    def capture(
+        self,
+        optimizers: Sequence[Optimizer],
+        optimizer: Optimizer | None = None,
+        scaler: Any = None,
+        streams: Sequence[str] | None = None,
+    ) -> None:
+        """Read gradients and weights before a step; copy the weights when tracking updates.
+
+        With several optimizers stepped one after another in a batch, call it before each step
+        for the streams that optimizer holds: each stream is read once, where its gradients are
+        final, and its weights before its own optimizer moves them.
 
         Args:
             optimizers: All optimizers (the bindings index into them, for ``lr``/``weight_decay``).
             optimizer: The optimizer about to step (fused AMP optimizers unscale inside ``step()``,
                 so their gradients still carry the loss scale here).
             scaler: The ``GradScaler`` in use, or None.
+            streams: The streams to read now; None: every stream not yet read in this step.
         """
-        values: list[Tensor] = []
-        device: torch.device | None = None
-        has_grad: dict[str, bool] = {}
-        for stream, binding in self.bindings.items():
+        scaled_grads = scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False)
+        for stream in self.bindings if streams is None else streams:
+            if stream in self._captured:
+                continue
+            binding = self.bindings[stream]
             grads = [p.grad for p in binding.params if p.grad is not None]
-            has_grad[stream] = bool(grads)
-            weights = [p.detach() for p in binding.params]
-            device = device or weights[0].device
-            values.extend(grad_stats(grads))
             copies = None
             if self.track_updates and binding.trainable:
                 if binding.snapshot is None:
                     trainable = {id(p) for p in binding.trainable}
                     binding.snapshot = [torch.empty_like(p) if id(p) in trainable else None for p in binding.params]
                 copies = binding.snapshot
-            values.extend(weight_stats(weights, copies))  # copies the weights in the same pass
-        knobs: dict[tuple[str, str], float | int] = {}  # (knob, stream) -> host value, or index into values
-        on_device: set[tuple[str, str]] = set()
-        for stream, binding in self.bindings.items():
-            if binding.group is None:
-                continue
-            group = optimizers[binding.group[0]].param_groups[binding.group[1]]
-            for knob in _KNOBS:
-                value = group.get(knob)
-                if isinstance(value, Tensor):  # e.g. capturable optimizers: stays on the device
-                    knobs[(knob, stream)] = len(values)
-                    on_device.add((knob, stream))
-                    values.append(value.detach().reshape(()))
-                elif value is not None:
-                    knobs[(knob, stream)] = float(value)
-        scale_index = None
-        if scaler is not None:  # compared with the scale after the step: a back-off means it was skipped
-            scale_index = len(values)
-            values.append(_loss_scale(scaler))
-        self._pending = {
-            "values": values,
-            "device": device,
-            "has_grad": has_grad,
-            "knobs": knobs,
-            "on_device": on_device,
-            "scaler": scaler,
-            "scale_index": scale_index,
-            "scaled_grads": scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False),
-        }
+            self._device = self._device or binding.params[0].device
+            self._captured[stream] = {"index": len(self._values), "has_grad": bool(grads), "scaled": scaled_grads}
+            self._values.extend(grad_stats(grads))
+            self._values.extend(weight_stats([p.detach() for p in binding.params], copies))  # copied in the same pass
+            if binding.group is not None:
+                group = optimizers[binding.group[0]].param_groups[binding.group[1]]
+                for knob in _KNOBS:
+                    value = group.get(knob)
+                    if isinstance(value, Tensor):  # e.g. capturable optimizers: stays on the device
+                        self._knobs[(knob, stream)] = (True, len(self._values))
+                        self._values.append(value.detach().reshape(()))
+                    elif value is not None:
+                        self._knobs[(knob, stream)] = (False, float(value))
+        if scaler is not None and self._scale_index is None:  # a back-off after the step means it was skipped
+            self._scaler, self._scale_index = scaler, len(self._values)
+            self._values.append(_loss_scale(scaler))
 
     @torch.no_grad()
     def finish(self, batch: Any = None) -> dict[tuple[str, str], float]:
-        """Measure the update, move everything to the host once, accumulate, and return the step's values.
+        """Measure the updates, move everything to the host once, accumulate, and return the step's values.
 
         Args:
             batch: The step's batch; on a step with NaN/Inf gradients its per-stream inputs
@@ -363,45 +374,53 @@ class StepStatistics:
                 whose data is broken.
 
         Returns:
-            ``(metric, stream)`` -> value for the per-stream step metrics (``grad_norm``,
+            ``(metric, stream)`` -> value for each captured stream's step metrics (``grad_norm``,
             ``grad_max``, ``weight_norm``, ``weight_mean``, ``rel_grad_norm``, ``update_ratio``,
             ``nonfinite_grads``, ``lr``, ``weight_decay``) and ``(metric, "<a>_vs_<b>")`` for the
             pair ratios ``grad_norm_ratio`` and ``weight_norm_ratio``; a value that is undefined (a
             zero or non-finite denominator) is left out.
 
         Raises:
-            RuntimeError: If no step was captured.
+            RuntimeError: If no stream was captured.
         """
-        if self._pending is None:
+        if not self._captured:
             raise RuntimeError("StepStatistics.finish() called without a captured step.")
-        pending, self._pending = self._pending, None
-        values: list[Tensor] = pending["values"]
+        captured, values, knobs, scaler, scale_index, device = (
+            self._captured,
+            self._values,
+            self._knobs,
+            self._scaler,
+            self._scale_index,
+            self._device,
+        )
+        self._reset_capture()
         update_index = len(values)
         if self.track_updates:
-            for binding in self.bindings.values():
+            for stream in captured:
+                binding = self.bindings[stream]
                 if binding.snapshot is not None and binding.trainable:
                     before = [copy for copy in binding.snapshot if copy is not None]
                     values.append(update_norm(before, binding.trainable))
                 else:
                     values.append(torch.zeros((), dtype=torch.float32))
-        if pending["scaler"] is not None:
-            values.append(_loss_scale(pending["scaler"]))
-        device = pending["device"]
+        if scaler is not None:
+            values.append(_loss_scale(scaler))
         host = torch.stack([v.to(device=device, dtype=torch.float32) for v in values]).tolist()  # the one transfer
 
         skipped = recoverable = False
         scale = 1.0
-        if pending["scaler"] is not None:
-            scale, scale_after = host[pending["scale_index"]], host[-1]
+        if scale_index is not None:
+            scale, scale_after = host[scale_index], host[-1]
             # GradScaler backs off exactly when it found NaN/Inf and skipped the step. Above a
             # scale of 1 that is a routine fp16 overflow; below it, the unscaled gradients overflow.
             skipped = scale_after < scale
             recoverable = skipped and scale_after >= 1.0
         out: dict[tuple[str, str], float] = {}
         bad_inputs: dict[str, int] | None = None
-        for i, (stream, binding) in enumerate(self.bindings.items()):
-            gn, gmax, wn, wsum = host[_VALUES_PER_STREAM * i : _VALUES_PER_STREAM * (i + 1)]
-            if pending["scaled_grads"]:
+        for i, (stream, capture) in enumerate(captured.items()):
+            binding = self.bindings[stream]
+            gn, gmax, wn, wsum = host[capture["index"] : capture["index"] + _VALUES_PER_STREAM]
+            if capture["scaled"]:
                 gn, gmax = gn / scale, gmax / scale
             nonfinite = 0
             if not (math.isfinite(gn) and math.isfinite(gmax)):
@@ -428,16 +447,16 @@ class StepStatistics:
                 if update is not None:
                     values_of_stream["update_ratio"] = update
             for knob in _KNOBS:
-                where = pending["knobs"].get((knob, stream))
-                if where is not None:
-                    values_of_stream[knob] = host[where] if (knob, stream) in pending["on_device"] else where
+                if (knob, stream) in knobs:
+                    on_device, value = knobs[(knob, stream)]
+                    values_of_stream[knob] = host[int(value)] if on_device else float(value)
             if update is None and "lr" in values_of_stream and rel is not None:
                 update = values_of_stream["lr"] * rel  # the proxy the rules use without track_updates
             if skipped:
                 update = None  # the step was not taken: no stream moved
-            self._accumulate(stream, pending["has_grad"][stream], gn, wn, rel, update, nonfinite, recoverable)
+            self._accumulate(stream, capture["has_grad"], gn, wn, rel, update, nonfinite, recoverable)
             out.update({(metric, stream): value for metric, value in values_of_stream.items()})
-        for a, b in stream_pairs(list(self.bindings)):
+        for a, b in stream_pairs([s for s in self.bindings if s in captured]):
             for metric, source in (("grad_norm_ratio", "grad_norm"), ("weight_norm_ratio", "weight_norm")):
                 ratio = safe_ratio(out[(source, a)], out[(source, b)])
                 if ratio is not None:

@@ -11,7 +11,7 @@ evidence (:mod:`~mslightning.callbacks.epoch_evidence`), advice
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -88,8 +88,9 @@ class StreamMonitor(EpochEndCallback):
         streams: Stream name -> parameter-name pattern(s); ``None`` reads the module's
             ``stream_patterns``. A stream matching no parameter, or a parameter matched by two
             streams, is an error at setup.
-        log_every_n_steps: Measure every this many optimizer steps; ``None`` uses the Trainer's;
-            0 disables the step metrics (and the gradient/update advice).
+        log_every_n_steps: Measure on the batches Lightning logs at with this interval (counted in
+            batches that stepped an optimizer, as ``self.log`` counts them); ``None`` uses the
+            Trainer's; 0 disables the step metrics (and the gradient/update advice).
         thresholds: Thresholds and hysteresis of the advice.
         prefix: First part of every logged key.
         track_updates: Measure the update ratio ``||dw||/||w||`` of the step taken (one scratch
@@ -233,7 +234,7 @@ class StreamMonitor(EpochEndCallback):
             raise ValueError(
                 f"{type(pl_module).__name__}.pretrained_parts names {unknown}, which are not streams {list(names)}."
             )
-        scheduled = [config.scheduler.optimizer for config in trainer.lr_scheduler_configs]
+        scheduled = [(config.scheduler.optimizer, config.name) for config in trainer.lr_scheduler_configs]
         self._bindings = bind_streams(
             dict(pl_module.named_parameters()),
             names,
@@ -300,10 +301,12 @@ class StreamMonitor(EpochEndCallback):
     ) -> None:
         if self._bind_deferred:
             self._bind(trainer, pl_module, defer_lazy=False)
-        if self._steps is None or self._steps.pending or not self._should_log_step(trainer):
+        if self._steps is None or not self._should_log_step(trainer):
             return
         scaler = getattr(trainer.precision_plugin, "scaler", None)
-        self._steps.capture(trainer.optimizers, optimizer, scaler)
+        # each stream at its own optimizer's step (several optimizers may step one after another)
+        own = [s for s, b in self._bindings.items() if b.group is None or trainer.optimizers[b.group[0]] is optimizer]
+        self._steps.capture(trainer.optimizers, optimizer, scaler, own or None)
         self._maybe_histograms(trainer, scaler if getattr(optimizer, "_step_supports_amp_scaling", False) else None)
 
     def _maybe_histograms(self, trainer: pl.Trainer, grad_scaler: Any | None) -> None:
@@ -333,17 +336,34 @@ class StreamMonitor(EpochEndCallback):
         parsed = parse_stream_outputs(outputs)
         if parsed is None:
             self._once("protocol" if self._compare else "series", streams=self.stream_names)
-        elif isinstance(parsed, ClassificationOutputs) and parsed.target.is_floating_point():
+            return
+        other = [s for s in parsed.predictions if s not in self.stream_names]
+        if other:  # e.g. a second monitor watching other streams of the same model
+            self._once("other", streams=other, monitored=self.stream_names)
+            parsed = replace(parsed, predictions={s: p for s, p in parsed.predictions.items() if s not in other})
+        if not parsed.predictions:
+            return
+        if isinstance(parsed, ClassificationOutputs) and getattr(parsed.target, "is_floating_point", bool)():
             self._once("soft", shape=tuple(parsed.target.shape))
-        else:
-            parsed.check(self.stream_names)
-            missing = [s for s in self.stream_names if s not in parsed.predictions]
-            if missing:
-                self._once("missing", streams=missing)
-            self._tallies[stage].update(parsed)
+            return
+        parsed.check(self.stream_names)
+        missing = [s for s in self.stream_names if s not in parsed.predictions]
+        if missing:
+            self._once("missing", streams=missing)
+        self._tallies[stage].update(parsed)
 
-    def _reduce_sum(self, trainer: pl.Trainer) -> Any:
-        return lambda t: trainer.strategy.reduce(t, reduce_op="sum")
+    @staticmethod
+    def _compute(tally: PredictionTally, trainer: pl.Trainer) -> dict[str, dict[str, Tensor]]:
+        """The tally's scores, summed over processes that first agree on what any of them saw."""
+        if trainer.world_size == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return tally.compute()
+
+        def gather(obj: Any) -> list[Any]:
+            everyone: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(everyone, obj)
+            return everyone
+
+        return tally.compute(lambda t: trainer.strategy.reduce(t, reduce_op="sum"), gather)
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -366,10 +386,18 @@ class StreamMonitor(EpochEndCallback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
             return
-        if self._tallies["val"].seen:
-            self._val_scores = (trainer.current_epoch, self._tallies["val"].compute(self._reduce_sum(trainer)))
-        if is_end_of_epoch_validation(trainer):  # before any on_validation_end: EarlyStopping sees the metrics
+        if self._tallies["val"].seen or trainer.world_size > 1:  # a collective: every rank takes part
+            self._val_scores = (trainer.current_epoch, self._compute(self._tallies["val"], trainer))
+        # before any on_validation_end, so EarlyStopping and ModelCheckpoint see fresh values
+        if is_end_of_epoch_validation(trainer):
             self._finish_epoch(trainer, pl_module)
+        elif self._steps is not None and self._val_scores is not None:  # a mid-epoch validation
+            train = self._compute(self._tallies["train"], trainer)  # the epoch so far
+            values = epoch_metrics(
+                self.stream_names, train, self._val_scores[1], {}, dict(self._previous_losses), self._task
+            )
+            keys = {metric_key(self.prefix, metric, over): value for (metric, over), value in values.items()}
+            trainer.callback_metrics.update({k: torch.tensor(v) for k, v in keys.items()})
 
     # ------------------------------------------------------------------ epoch metrics and advice
 
@@ -384,7 +412,7 @@ class StreamMonitor(EpochEndCallback):
             reduced = trainer.strategy.reduce(torch.stack(list(internals.values())), reduce_op="mean")
             internals = dict(zip(internals, reduced.unbind(), strict=True))
         val = self._val_scores[1] if self._val_scores is not None and self._val_scores[0] == epoch else {}
-        train = self._tallies["train"].compute(self._reduce_sum(trainer))
+        train = self._compute(self._tallies["train"], trainer)
         values = epoch_metrics(
             self.stream_names, train, val, self._steps.accumulators, self._previous_losses, self._task, internals
         )

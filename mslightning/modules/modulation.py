@@ -271,6 +271,7 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
         state = checkpoint.get("state_dict", {})
         for key in ("behaviour_sum", "behaviour_count"):
             state.pop(key, None)
+        super().on_load_checkpoint(checkpoint)  # the settings-changed warning of every family
 
     def _check_strategy(self) -> None:
         strategy = self.trainer.strategy

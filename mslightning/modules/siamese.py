@@ -240,6 +240,16 @@ class SiameseRanker(StagedSteps, GroupedOptimizationModule):
             }
         )
 
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["pretrained_parts"] = list(self.pretrained_parts)  # the weights file is not named in hparams
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if "backbone" in checkpoint.get("pretrained_parts", ()):
+            self.backbone.pretrained = True
+
     def _forget_weights_file(self) -> None:
         """Name no pretrained file in the saved hparams (a copy; the caller's config is untouched).
 

@@ -150,7 +150,7 @@ def assign_owners(names: Sequence[str], patterns: Mapping[str, Patterns], owner_
                 raise ValueError(
                     f"Parameter {name!r} is matched by {owner_kind} {first!r} (patterns "
                     f"{as_pattern_list(patterns[first])}) and by {owner_kind} {owner!r} (patterns "
-                    f"{as_pattern_list(owner_patterns)}); each parameter must belong to exactly one {owner_kind}. "
+                    f"{as_pattern_list(owner_patterns)}); a parameter may belong to one {owner_kind} only. "
                     "Narrow one of the patterns."
                 )
             owner_of[name] = owner

@@ -68,7 +68,8 @@ def test_optimizer_names_count_classes_in_learning_rate_monitor_order():
     a, b, c = (torch.optim.AdamW([nn.Parameter(torch.ones(1))]) for _ in range(3))
     sgd = torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1)
     assert optimizer_names([a, sgd, b, c]) == ["AdamW", "SGD", "AdamW-1", "AdamW-2"]
-    assert optimizer_names([a, b], scheduled_first=[b]) == ["AdamW-1", "AdamW"]  # scheduled ones are counted first
+    assert optimizer_names([a, b], scheduled=[(b, None)]) == ["AdamW-1", "AdamW"]  # scheduled ones are counted first
+    assert optimizer_names([a, b], scheduled=[(a, "backbone_lr")]) == ["backbone_lr", "AdamW"]  # a named scheduler
 
 
 def test_step_values_equal_direct_computation():

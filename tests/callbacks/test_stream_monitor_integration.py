@@ -6,7 +6,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from monitor_testkit import USER_STREAMS, TwoBranchNet, loader, read_scalars, trainer_kwargs
 
 from mslightning.callbacks import StreamMonitor, StreamThresholds
@@ -126,3 +126,95 @@ def test_poisson_outputs_give_correlation_metrics(tmp_path):
     for metric in ("train_corr", "val_corr", "corr_gap", "overfit_score", "corr_clipped"):
         assert f"streams/{metric}/thermal" in scalars, metric
     assert -1 <= monitor.history["streams/val_corr/visible"][-1][1] <= 1
+
+
+class OneOptimizerPerBranchInTurn(TwoOptimizers):
+    """Each branch has its own loss, backward and step, one after the other (GAN-style)."""
+
+    def training_step(self, batch, batch_idx):
+        inputs, target = batch
+        _, stream_logits = self(inputs)
+        for optimizer, stream in zip(self.optimizers(), ("visible", "thermal"), strict=True):
+            optimizer.zero_grad()
+            self.manual_backward(F.cross_entropy(stream_logits[stream], target), retain_graph=True)
+            optimizer.step()
+        return {"loss": torch.tensor(0.0), "target": target, "stream_logits": stream_logits}
+
+
+class GradsAtEachOptimizer(Callback):
+    def __init__(self):
+        self.norms = {}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        stream = "visible" if optimizer is trainer.optimizers[0] else "thermal"
+        grads = [p.grad.flatten() for p in pl_module.branch_params(stream) if p.grad is not None]
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        self.norms[(step, stream)] = torch.linalg.vector_norm(torch.cat(grads)).item()
+
+
+def test_each_stream_is_read_at_its_own_optimizers_step(tmp_path):
+    oracle = GradsAtEachOptimizer()
+    monitor = StreamMonitor(streams={"visible": "visible_*", "thermal": "thermal_*"}, verbose=False)
+    trainer = pl.Trainer(callbacks=[oracle, monitor], **trainer_kwargs(tmp_path, max_epochs=1))
+    trainer.fit(OneOptimizerPerBranchInTurn(), loader(), loader(seed=1))
+    scalars = read_scalars(trainer.logger.log_dir)
+    for (step, stream), norm in oracle.norms.items():
+        assert scalars[f"streams/grad_norm/{stream}"][step] == pytest.approx(norm, rel=1e-5), (step, stream)
+    assert {step for step, _ in oracle.norms} == set(scalars["streams/grad_norm/thermal"]) == {0, 1, 2, 3}
+
+
+class ValLossAtEachValidation(Callback):
+    """Listed before the monitor: what a checkpoint or early stopping would read, and the truth."""
+
+    def __init__(self):
+        self.seen, self.truth, self._batches = [], [], []
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self._batches = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._batches.append((outputs["stream_logits"]["visible"], outputs["target"]))
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        logits = torch.cat([z for z, _ in self._batches])
+        target = torch.cat([y for _, y in self._batches])
+        self.truth.append(F.cross_entropy(logits.double(), target).item())
+        self.seen.append(trainer.callback_metrics["streams/val_loss/visible"].item())
+
+
+def test_mid_epoch_validations_give_fresh_values_to_checkpoints_and_early_stopping(tmp_path):
+    recorder = ValLossAtEachValidation()
+    stopper = EarlyStopping(monitor="streams/val_loss/visible", patience=100)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="streams/val_acc/thermal", mode="max")
+    monitor = StreamMonitor(streams=USER_STREAMS, verbose=False)
+    kwargs = trainer_kwargs(tmp_path, max_epochs=2, val_check_interval=0.5, enable_checkpointing=True)
+    trainer = pl.Trainer(callbacks=[recorder, stopper, checkpoint, monitor], **kwargs)
+    trainer.fit(TwoBranchNet(), loader(), loader(seed=1))
+    assert len(recorder.seen) == 4  # two validations per epoch
+    assert recorder.seen == pytest.approx(recorder.truth, rel=1e-5)
+    assert checkpoint.best_model_path
+
+
+def test_two_monitors_watching_different_streams_of_one_model(tmp_path, caplog):
+    visible = StreamMonitor(streams={"visible": "visible_*"}, prefix="a", verbose=False)
+    thermal = StreamMonitor(streams={"thermal": "thermal_*"}, prefix="b", verbose=False)
+    with caplog.at_level(logging.INFO):
+        trainer = pl.Trainer(callbacks=[visible, thermal], **trainer_kwargs(tmp_path))
+        trainer.fit(TwoBranchNet(), loader(), loader(seed=1))
+    scalars = read_scalars(trainer.logger.log_dir)
+    assert "a/val_acc/visible" in scalars and "b/val_acc/thermal" in scalars
+    assert "a/val_acc/thermal" not in scalars and "b/val_acc/visible" not in scalars
+    assert sum("which this monitor does not watch" in r.message for r in caplog.records) == 2  # once per monitor
+
+
+def test_a_target_that_is_no_tensor_is_a_clear_error(tmp_path):
+    class ListTarget(TwoBranchNet):
+        def _step(self, batch):
+            out = super()._step(batch)
+            return {**out, "target": out["target"].tolist()}
+
+    trainer = pl.Trainer(callbacks=[StreamMonitor(streams=USER_STREAMS, verbose=False)], **trainer_kwargs(tmp_path))
+    with pytest.raises(ValueError, match="target must be a tensor, got list"):
+        trainer.fit(ListTarget(), loader(), loader(seed=1))

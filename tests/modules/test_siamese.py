@@ -279,6 +279,7 @@ def test_a_checkpoint_reloads_after_the_pretrained_file_is_gone(tmp_path) -> Non
     reloaded = SiameseRanker.load_from_checkpoint(trainer.checkpoint_callback.best_model_path)
     torch.testing.assert_close(reloaded.backbone.conv1.weight, model.backbone.conv1.weight)
     assert reloaded.hparams["trunk"]["init_args"]["weights_path"] is None
+    assert reloaded.pretrained_parts == ("backbone",)  # continued fine-tuning is still judged as such
 
 
 def test_a_metric_with_no_pair_in_the_epoch_is_left_out_not_zero(tmp_path) -> None:
