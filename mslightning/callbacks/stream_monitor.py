@@ -476,7 +476,9 @@ class StreamMonitor(EpochEndCallback):
         """The latest epoch's advice as plain strings.
 
         Returns:
-            One message per active recommendation (a ``healthy`` or ``not_measured`` message when none warns).
+            One message per active recommendation; when none warns, one closing information:
+            ``healthy``, ``not_measured`` (part of the epoch was not checked) or ``pending`` (a
+            condition has not yet held for ``patience`` epochs).
         """
         return [r.message for r in self.recommendations]
 
