@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,31 +40,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mslightning.callbacks import StreamMonitor
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_stream_monitor import timed
+
 HOOKS = ("on_before_optimizer_step", "on_train_batch_end")
-
-
-def timed(callback: Callback, active: Callable[[], bool] = lambda: True) -> tuple[Callback, list[float]]:
-    """Wrap the callback's training hooks; the time spent in them is summed per step.
-
-    ``active()`` False skips the hooks for that step (records 0): the paired measurement.
-    """
-    per_step: list[float] = []
-    spent = [0.0]
-    for name in HOOKS:
-        original: Callable[..., Any] = getattr(callback, name)
-
-        def wrapper(*args: Any, _original: Callable[..., Any] = original, _name: str = name, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return _original(*args, **kwargs) if active() else None
-            finally:
-                spent[0] += time.perf_counter() - start
-                if _name == "on_train_batch_end":
-                    per_step.append(spent[0])
-                    spent[0] = 0.0
-
-        setattr(callback, name, wrapper)
-    return callback, per_step
 
 
 class StepTimer(Callback):
@@ -163,7 +141,7 @@ def bookkeeping(steps: int, rounds: int, warmup: int = 5) -> dict[str, float]:
         pl.seed_everything(0, verbose=False)
         timer = StepTimer()
         monitor, spent = timed(
-            StreamMonitor(log_every_n_steps=10**9, verbose=False), lambda timer=timer: len(timer.times) % 2 == 0
+            StreamMonitor(log_every_n_steps=10**9, verbose=False), HOOKS, lambda timer=timer: len(timer.times) % 2 == 0
         )
         # the timer after the monitor: its on_train_batch_end closes the step after the monitor's hooks
         _trainer([monitor, timer], steps).fit(SmallTwoStreamNet(), DataLoader(data, batch_size=32))
@@ -198,7 +176,7 @@ def logging_step_reads(image_size: int, steps: int, warmup: int = 3) -> dict[str
         batch_size=16,
     )
     model = MultiStreamClassifier(streams=streams, num_classes=10)
-    monitor, spent = timed(StreamMonitor(log_every_n_steps=1, verbose=False))
+    monitor, spent = timed(StreamMonitor(log_every_n_steps=1, verbose=False), HOOKS)
     reads = ParameterRead(tuple(f"{part}.{s}." for part in ("encoders", "aux_heads") for s in streams))
     timer = StepTimer()
     _trainer([monitor, timer, reads], steps).fit(model, datamodule=data)

@@ -80,8 +80,14 @@ class StepTimer:
         self.start, self.end = Start(), End()
 
 
-def timed(callback: Callback, hooks: tuple[str, ...]) -> tuple[Callback, list[float]]:
-    """Wrap the callback's hooks so that the time spent in them is summed per training step."""
+def timed(
+    callback: Callback, hooks: tuple[str, ...], active: Callable[[], bool] = lambda: True
+) -> tuple[Callback, list[float]]:
+    """Wrap the callback's hooks so that the time spent in them is summed per training step.
+
+    ``active()`` False skips the hooks for that step (it then records their cost as ~0): a paired
+    measurement of steps with and without them in one run.
+    """
     per_step: list[float] = []
     spent = [0.0]
     for name in hooks:
@@ -90,7 +96,7 @@ def timed(callback: Callback, hooks: tuple[str, ...]) -> tuple[Callback, list[fl
         def wrapper(*args: Any, _original: Callable[..., Any] = original, _name: str = name, **kwargs: Any) -> Any:
             start = time.perf_counter()
             try:
-                return _original(*args, **kwargs)
+                return _original(*args, **kwargs) if active() else None
             finally:
                 spent[0] += time.perf_counter() - start
                 if _name == "on_train_batch_end":
