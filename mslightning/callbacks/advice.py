@@ -607,6 +607,11 @@ def _ratio_name(ev: EpochEvidence) -> str:
     return "lr*||g||/||w|| (a proxy: track_updates=False)" if ev.update_ratio_is_proxy else "||dw||/||w||"
 
 
+def _same_kind_others(ev: EpochEvidence, m: str) -> list[str]:
+    """The other streams a stream is compared with: pretrained with pretrained, fresh with fresh."""
+    return [n for n in _others(ev, m) if (n in ev.pretrained) == (m in ev.pretrained)]
+
+
 def _per_stream(values: Mapping[str, float], streams: Sequence[str]) -> str:
     return ", ".join(f"{m} {_fmt(values[m])}" for m in streams if m in values)
 
@@ -637,11 +642,11 @@ def _msg_dominant(ev: EpochEvidence, m: str, flag: _Flag, t: StreamThresholds) -
 
 def _msg_not_learning(ev: EpochEvidence, m: str, flag: _Flag, t: StreamThresholds) -> str:
     streams = [n for n in ev.streams if n in ev.train_acc]
-    classes = sorted({round(1 / c) for c in ev.chance.values() if c > 0})
-    levels = sorted(set(ev.chance.values()))
-    chance = f"chance ({_fmt(levels[0])})" if len(levels) == 1 else "chance"
-    if len(classes) == 1 and len(levels) == 1:
-        chance = f"chance (1/{classes[0]} = {_fmt(1 / classes[0])})"
+    levels = set(ev.chance.values())
+    level = levels.pop() if len(levels) == 1 else None  # one chance level for every stream: name it
+    chance = "chance"
+    if level is not None:
+        chance = f"chance (1/{round(1 / level)} = {_fmt(level)})" if level > 0 else f"chance ({_fmt(level)})"
     head = (
         f"no stream learns: every stream's {ev.score_label} is at {chance} (train {_per_stream(ev.train_acc, streams)}"
         + (f"; val {_per_stream(ev.val_acc, streams)}" if ev.val_acc else "")
@@ -712,7 +717,7 @@ def _msg_too_fast(ev: EpochEvidence, m: str, flag: _Flag, t: StreamThresholds) -
 
 
 def _msg_slow(ev: EpochEvidence, m: str, flag: _Flag, t: StreamThresholds) -> str:
-    others = [n for n in _others(ev, m) if (n in ev.pretrained) == (m in ev.pretrained)]
+    others = _same_kind_others(ev, m)
     return (
         f"{m} learns slowly (update ratio {_ratio_name(ev)} {_fmt(ev.update_ratio.get(m))}, "
         f"{_fmt(flag.value)}x the median of {_others_text(others)} {_for(flag)}): raise "
@@ -729,7 +734,7 @@ def _msg_stalled(ev: EpochEvidence, m: str, flag: _Flag, t: StreamThresholds) ->
 
 
 def _msg_weight_growth(ev: EpochEvidence, m: str, flag: _Flag, t: StreamThresholds) -> str:
-    others = [n for n in _others(ev, m) if (n in ev.pretrained) == (m in ev.pretrained)]
+    others = _same_kind_others(ev, m)
     return (
         f"{m} weights grow fastest (||w|| x{_fmt(ev.weight_growth.get(m))} since the start, "
         f"{_fmt(flag.value)}x the growth of {_others_text(others)} {_for(flag)}): raise "

@@ -93,7 +93,7 @@ def epoch_metrics(
             out[("overfit_score", stream)] = overfitting_score(out[(f"{score}_gap", stream)], out[("loss_gap", stream)])
     confidences = {s: finite["train"][s]["confidence"] for s in streams if "confidence" in finite["train"].get(s, {})}
     out.update({("discrepancy_ratio", s): v for s, v in discrepancy_ratios(confidences).items()})
-    mean_mu = {s: acc.mu / acc.grad_steps for s, acc in accumulators.items() if acc.grad_steps}
+    mean_mu = {s: acc.mean("mu", "grad_steps") for s, acc in accumulators.items() if acc.grad_steps}
     for a, b in stream_pairs(streams):
         # Means, not Wu et al.'s sums: equal when both streams have every measured step, and
         # unbiased when a non-finite step is missing from one of them.
@@ -183,9 +183,9 @@ def build_evidence(
         elif not binding.optimized:
             not_optimized.add(stream)
         if acc.grad_steps:
-            grad_norm[stream] = acc.grad_norm / acc.grad_steps
+            grad_norm[stream] = acc.mean("grad_norm", "grad_steps")
         if acc.update_steps:
-            update[stream] = acc.update_ratio / acc.update_steps
+            update[stream] = acc.mean("update_ratio", "update_steps")
             if not update_ratio_is_proxy:
                 largest[stream] = acc.max_update_ratio
         initial = initial_weight_norm.get(stream)

@@ -44,7 +44,7 @@ def _accumulation_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _classification_sums(logits: Tensor, target: Tensor, dtype: torch.dtype) -> Tensor:
+def _classification_sums(logits: Tensor, target: Tensor, mask: Tensor | None, dtype: torch.dtype) -> Tensor:
     """``[count, correct, cross-entropy sum, true-class probability sum]`` over the scored rows."""
     logits = logits.float()
     if logits.shape[1] == 1:  # one binary logit z: the two classes' logits are (0, z)
@@ -57,7 +57,7 @@ def _classification_sums(logits: Tensor, target: Tensor, dtype: torch.dtype) -> 
     return torch.stack([weight.sum(), (correct * weight).sum(), -(true * weight).sum(), (true.exp() * weight).sum()])
 
 
-def _ranking_sums(logits: Tensor, target: Tensor, dtype: torch.dtype) -> Tensor:
+def _ranking_sums(logits: Tensor, target: Tensor, mask: Tensor | None, dtype: torch.dtype) -> Tensor:
     """``[pairs, decided pairs, correct, log-loss sum, preferred-item probability sum]``."""
     z = logits.reshape(-1).float()
     t = target.reshape(-1).float()
@@ -90,6 +90,32 @@ def _pearson(sums: Tensor) -> Tensor:
     var_x, var_y = n * sxx - sx * sx, n * syy - sy * sy
     defined = (var_x > 0) & (var_y > 0)
     return torch.where(defined, cov / (var_x * var_y).clamp(min=1e-300).sqrt(), torch.full_like(cov, float("nan")))
+
+
+def _classification_scores(parts: Sequence[Tensor]) -> dict[str, Tensor]:
+    count, correct, cross_entropy, true_prob = sum(parts)
+    return {"score": correct / count, "loss": cross_entropy / count, "confidence": true_prob / count}
+
+
+def _ranking_scores(parts: Sequence[Tensor]) -> dict[str, Tensor]:
+    pairs, decided, correct, log_loss, preferred = sum(parts)
+    return {"score": correct / decided, "loss": log_loss / pairs, "confidence": preferred / decided}
+
+
+def _poisson_scores(parts: Sequence[Tensor]) -> dict[str, Tensor]:
+    per_neuron = torch.cat([_pearson(p) for p in parts])  # every neuron of every session
+    defined = ~per_neuron.isnan()
+    corr = torch.where(defined, per_neuron, torch.zeros_like(per_neuron)).sum() / defined.sum()
+    nll = sum(p[6].sum() for p in parts) / sum(p[0].sum() for p in parts)
+    return {"score": corr, "loss": nll, "confidence": corr.clamp(min=0)}
+
+
+_TASK_MATH: dict[type[StreamOutputs], tuple[Callable[..., Tensor], Callable[[Sequence[Tensor]], dict[str, Tensor]]]] = {
+    ClassificationOutputs: (_classification_sums, _classification_scores),
+    RankingOutputs: (_ranking_sums, _ranking_scores),
+    PoissonOutputs: (_poisson_sums, _poisson_scores),
+}
+"""Per task: the batch sums ``(prediction, target, mask, dtype)`` and the epoch scores from their totals."""
 
 
 _Pending = tuple[dict[str, Tensor], Tensor, Tensor | None, str | None]  # predictions, target, mask, session
@@ -235,13 +261,9 @@ class PredictionTally:
                 self._sums[key] = sums if key not in self._sums else self._sums[key] + sums
 
     def _sums_of(self, prediction: Tensor, target: Tensor, mask: Tensor | None, dtype: torch.dtype) -> Tensor:
-        if self.task is ClassificationOutputs:
-            return _classification_sums(prediction, target, dtype)
-        if self.task is RankingOutputs:
-            return _ranking_sums(prediction, target, dtype)
-        if self.task is PoissonOutputs:
-            return _poisson_sums(prediction, target, mask, dtype)
-        raise TypeError(f"No tally for per-stream outputs of type {getattr(self.task, '__name__', self.task)}.")
+        if self.task not in _TASK_MATH:
+            raise TypeError(f"No tally for per-stream outputs of type {getattr(self.task, '__name__', self.task)}.")
+        return _TASK_MATH[self.task][0](prediction, target, mask, dtype)
 
     def compute(
         self,
@@ -301,15 +323,5 @@ class PredictionTally:
         }
 
     def _finalize(self, parts: Sequence[Tensor]) -> dict[str, Tensor]:
-        if self.task is PoissonOutputs:
-            per_neuron = torch.cat([_pearson(p) for p in parts])
-            defined = ~per_neuron.isnan()
-            corr = torch.where(defined, per_neuron, torch.zeros_like(per_neuron)).sum() / defined.sum()
-            nll = sum(p[6].sum() for p in parts) / sum(p[0].sum() for p in parts)
-            return {"score": corr, "loss": nll, "confidence": corr.clamp(min=0)}
-        total: Any = sum(parts)
-        if self.task is RankingOutputs:
-            pairs, decided, correct, log_loss, preferred = total
-            return {"score": correct / decided, "loss": log_loss / pairs, "confidence": preferred / decided}
-        count, correct, cross_entropy, true_prob = total
-        return {"score": correct / count, "loss": cross_entropy / count, "confidence": true_prob / count}
+        assert self.task is not None
+        return _TASK_MATH[self.task][1](parts)
