@@ -193,3 +193,9 @@ def test_processes_that_saw_different_sessions_agree_on_the_sums():
         assert combined["rgb"][name].item() == pytest.approx(expected["rgb"][name].item(), rel=1e-6)
     empty = PredictionTally()  # a process without any batch still takes part and gets the same keys
     assert empty.compute(reduce_sum=lambda t: t + flats[0] * 0, gather=lambda _: states)["rgb"]["score"].isnan()
+
+
+@pytest.mark.parametrize("kwargs", [{"flush_every": 0}, {"max_pending_elements": -1}, {"flush_every": True}])
+def test_bad_tally_settings_are_refused(kwargs):
+    with pytest.raises(ValueError, match=f"{next(iter(kwargs))} must be an int >= 1"):
+        PredictionTally(**kwargs)

@@ -218,3 +218,12 @@ def test_a_target_that_is_no_tensor_is_a_clear_error(tmp_path):
     trainer = pl.Trainer(callbacks=[StreamMonitor(streams=USER_STREAMS, verbose=False)], **trainer_kwargs(tmp_path))
     with pytest.raises(ValueError, match="target must be a tensor, got list"):
         trainer.fit(ListTarget(), loader(), loader(seed=1))
+
+
+def test_pretrained_parts_must_name_monitored_streams(tmp_path):
+    class Declared(TwoBranchNet):
+        pretrained_parts = ("visibel",)
+
+    trainer = pl.Trainer(callbacks=[StreamMonitor(streams=USER_STREAMS, verbose=False)], **trainer_kwargs(tmp_path))
+    with pytest.raises(ValueError, match=r"pretrained_parts names \['visibel'\], which are not streams"):
+        trainer.fit(Declared(), loader(), loader(seed=1))
