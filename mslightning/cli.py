@@ -10,11 +10,12 @@ Usage::
 What it adds to Lightning's ``LightningCLI``:
 
 * **Every fit writes into its own run directory** (the logger's ``<save_dir>/<name>/version_N``,
-  checkpoints in its ``checkpoints/``), and ``--ckpt_path best`` / ``--ckpt_path last`` in a new
-  process mean the best / last checkpoint of the latest run of this config (the newest
-  checkpoint under its logger's runs), printed before it is used. A ``ModelCheckpoint`` with an
-  explicit ``dirpath`` that already holds checkpoints, and no version counter, is refused: it
-  would overwrite them.
+  checkpoints in its ``checkpoints/``); ``validate``/``test``/``predict`` of one of its
+  checkpoints write into ``version_N/<subcommand>`` (labelled, not posing as a new training
+  run), and ``--ckpt_path best`` / ``--ckpt_path last`` in a new process mean the best / last
+  checkpoint of the latest run of this config (the newest checkpoint under its logger's runs),
+  printed before it is used. A ``ModelCheckpoint`` with an explicit ``dirpath`` that already
+  holds checkpoints, and no version counter, is refused: it would overwrite them.
 * **One source of truth for what the data defines**: the data's ``stream_channels``,
   ``num_classes``, ``sessions``, ``behaviour_dim``, ``frame_size`` and ``burn_in`` are linked to
   the model's arguments of the same meaning (``streams``, ``num_classes``, ...) when both have
@@ -45,7 +46,7 @@ import lightning.pytorch as pl
 import yaml
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
@@ -359,17 +360,53 @@ class MSLightningCLI(LightningCLI):
                     "run then writes into its own run directory), or choose a new dirpath."
                 )
 
+    def _label_evaluation_run(self) -> None:
+        """Write an evaluation where it does not pose as a training run.
+
+        With ``--ckpt_path`` inside a run (``<save_dir>/<name>/<version>/checkpoints/``) the
+        logger writes into ``<version>/<subcommand>`` (TensorBoard shows the run
+        ``version_3/validate`` beside the training run it evaluates); otherwise into
+        ``<subcommand>_<N>``, not into the next ``version_<N>``. A logger given an explicit
+        ``version`` is left alone.
+        """
+        logger = self.trainer.logger
+        if not isinstance(logger, TensorBoardLogger | CSVLogger) or logger._version is not None:
+            return
+        root = Path(logger.root_dir)
+        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        checkpoint = Path(ckpt_path).resolve() if ckpt_path else None
+        if (
+            checkpoint is not None
+            and checkpoint.parent.name == "checkpoints"
+            and checkpoint.parents[2] == root.resolve()
+        ):
+            version = f"{checkpoint.parents[1].name}/{self.subcommand}"
+        else:
+            taken = {p.name for p in root.glob(f"{self.subcommand}_*")} if root.is_dir() else set()
+            version = next(
+                f"{self.subcommand}_{n}" for n in range(len(taken) + 1) if f"{self.subcommand}_{n}" not in taken
+            )
+        logger._version = version  # read when the run directory is first used, after this hook
+        if isinstance(logger, TensorBoardLogger) and self.trainer.is_global_zero:
+            what = f"checkpoint {ckpt_path}" if ckpt_path else "untrained weights (no --ckpt_path)"
+            if self._checkpoint is not None:
+                what += f" (epoch {self._checkpoint.get('epoch')}, step {self._checkpoint.get('global_step')})"
+            logger.experiment.add_text("evaluation", f"`mslightning {self.subcommand}` of {what}", 0)
+
     def before_validate(self) -> None:
-        """Warn when the weights are untrained (no ``--ckpt_path``)."""
+        """Warn when the weights are untrained (no ``--ckpt_path``); label the evaluation run."""
         self._warn_untrained()
+        self._label_evaluation_run()
 
     def before_test(self) -> None:
-        """Warn when the weights are untrained (no ``--ckpt_path``)."""
+        """Warn when the weights are untrained (no ``--ckpt_path``); label the evaluation run."""
         self._warn_untrained()
+        self._label_evaluation_run()
 
     def before_predict(self) -> None:
-        """Warn when the weights are untrained; with a prediction writer, keep no copy in memory."""
+        """Warn when the weights are untrained; label the run; with a prediction writer, keep no copy in memory."""
         self._warn_untrained()
+        self._label_evaluation_run()
         config = self.config_init[self.subcommand]
         if not any(isinstance(callback, BasePredictionWriter) for callback in self.trainer.callbacks):
             rank_zero_warn(

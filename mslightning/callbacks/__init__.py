@@ -6,11 +6,14 @@
   values, utilisation rates).
 * :class:`NonFiniteGuard`: stops training at the first NaN/Inf loss; no checkpoint holds
   non-finite weights.
+* :class:`GroupLearningRateMonitor`: Lightning's LearningRateMonitor without the copies of each
+  group's lr that no-decay sub-groups make.
 * :class:`ClassProbabilityWriter`: ``predict`` writes class probabilities to a CSV file.
 * :class:`PredictionTableWriter`: ``predict`` writes the columns ``predict_step`` returns to CSV.
 """
 
 from mslightning.callbacks.advice import Advisor, EpochEvidence, Recommendation, StreamThresholds
+from mslightning.callbacks.lr_monitor import GroupLearningRateMonitor
 from mslightning.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
 from mslightning.callbacks.pathways import PathwayAnalysis, PathwayAnalyzable
 from mslightning.callbacks.predictions import ClassProbabilityWriter, PredictionTableWriter
@@ -20,6 +23,7 @@ __all__ = [
     "Advisor",
     "ClassProbabilityWriter",
     "EpochEvidence",
+    "GroupLearningRateMonitor",
     "NonFiniteError",
     "NonFiniteGuard",
     "PathwayAnalysis",

@@ -9,7 +9,24 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from typing_extensions import override
 
-__all__ = ["EpochEndCallback", "is_end_of_epoch_validation"]
+__all__ = ["EpochEndCallback", "epoch_log_step", "is_end_of_epoch_validation"]
+
+
+def epoch_log_step(trainer: pl.Trainer) -> int:
+    """The step Lightning logs a training epoch's ``on_epoch`` values at: that of the epoch's last batch.
+
+    Lightning counts the last batch once its validation is over: during the end-of-epoch
+    validation the count of batches that stepped is the last batch's step, in
+    ``on_train_epoch_end`` it is one past it.
+
+    Args:
+        trainer: The running Trainer.
+
+    Returns:
+        The step (0 before any step).
+    """
+    count = trainer.fit_loop.epoch_loop._batches_that_stepped
+    return count if trainer.validating else max(count - 1, 0)
 
 
 def is_end_of_epoch_validation(trainer: pl.Trainer) -> bool:

@@ -2,30 +2,44 @@
 
 TensorBoard's custom-scalars dashboard reads only one layout per run, so every callback that
 contributes charts implements :class:`LayoutProvider` and the first of them in the Trainer's
-callback list writes the union of all their layouts, once, on rank zero.
+callback list writes the union of all their layouts (and the LightningModule's, first, when it
+implements the protocol too), once, on rank zero.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 
-__all__ = ["Layout", "LayoutProvider", "multiline", "tensorboard_writer", "write_merged_layout"]
+__all__ = [
+    "Layout",
+    "LayoutProvider",
+    "TagOf",
+    "multiline",
+    "outputs_layout",
+    "tag_of",
+    "tensorboard_logger",
+    "tensorboard_writer",
+    "write_merged_layout",
+]
 
 Layout = dict[str, dict[str, list[Any]]]
 """``{category: {chart title: ["Multiline", [tag regex, ...]]}}`` as ``add_custom_scalars`` takes."""
 
+TagOf = Callable[[str], str]
+"""Logged key -> the tag TensorBoard shows it under (a logger may write a stream's keys to its own run)."""
+
 
 @runtime_checkable
 class LayoutProvider(Protocol):
-    """A callback that contributes charts to the custom-scalars dashboard."""
+    """A callback (or the LightningModule) that contributes charts to the custom-scalars dashboard."""
 
-    def custom_scalar_layout(self) -> Layout:
-        """The charts this callback logs."""
+    def custom_scalar_layout(self, tag_of: TagOf | None = None) -> Layout:
+        """The charts of what it logs; ``tag_of`` maps each logged key to its TensorBoard tag."""
         ...
 
 
@@ -42,6 +56,40 @@ def multiline(tags: Iterable[str], *, regex: bool = False) -> list[Any]:
     return ["Multiline", [tag if regex else re.escape(tag) for tag in tags]]
 
 
+def outputs_layout(category: str, charts: dict[str, list[str]], tag_of: TagOf | None = None) -> Layout:
+    """A layout category of charts over exact logged keys, each key shown under its TensorBoard tag.
+
+    Args:
+        category: The category's title.
+        charts: Chart title -> the logged keys drawn in it.
+        tag_of: Key -> tag (see :func:`tag_of`); default: the key.
+
+    Returns:
+        ``{category: {chart: ["Multiline", [tag regex, ...]]}}``.
+    """
+    tag_of = tag_of or (lambda key: key)
+    return {
+        category: {
+            title: ["Multiline", [f"^{re.escape(tag)}$" for tag in dict.fromkeys(tag_of(key) for key in keys)]]
+            for title, keys in charts.items()
+        }
+    }
+
+
+def tensorboard_logger(trainer: pl.Trainer) -> TensorBoardLogger | None:
+    """The first attached TensorBoardLogger, on rank zero only.
+
+    Args:
+        trainer: The running Trainer.
+
+    Returns:
+        The logger, or None on other ranks or without a TensorBoardLogger.
+    """
+    if not trainer.is_global_zero:
+        return None
+    return next((logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)), None)
+
+
 def tensorboard_writer(trainer: pl.Trainer) -> Any | None:
     """The SummaryWriter of the first attached TensorBoardLogger, on rank zero only.
 
@@ -51,12 +99,21 @@ def tensorboard_writer(trainer: pl.Trainer) -> Any | None:
     Returns:
         The writer, or None on other ranks or without a TensorBoardLogger.
     """
-    if not trainer.is_global_zero:
-        return None
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
+    logger = tensorboard_logger(trainer)
+    return None if logger is None else logger.experiment
+
+
+def tag_of(logger: Any) -> TagOf:
+    """The tag a logged key gets from this logger (a stream's run drops the stream; else the key).
+
+    Args:
+        logger: A logger, e.g. :class:`~mslightning.loggers.StreamTensorBoardLogger`.
+
+    Returns:
+        Key -> tag.
+    """
+    split = getattr(logger, "split_key", None)
+    return (lambda key: split(key)[1]) if callable(split) else (lambda key: key)
 
 
 def has_tensorboard(trainer: pl.Trainer) -> bool:
@@ -87,12 +144,14 @@ def write_merged_layout(trainer: pl.Trainer, caller: object) -> bool:
     providers = [cb for cb in trainer.callbacks if isinstance(cb, LayoutProvider)]
     if not providers or providers[0] is not caller:
         return False
-    writer = tensorboard_writer(trainer)
-    if writer is None:
+    logger = tensorboard_logger(trainer)
+    if logger is None:
         return False
+    if isinstance(trainer.lightning_module, LayoutProvider):  # the module's own metrics, charted first
+        providers.insert(0, trainer.lightning_module)
     merged: Layout = {}
     for provider in providers:
-        for category, charts in provider.custom_scalar_layout().items():
+        for category, charts in provider.custom_scalar_layout(tag_of(logger)).items():
             merged.setdefault(category, {}).update(charts)
-    writer.add_custom_scalars(merged)
+    logger.experiment.add_custom_scalars(merged)
     return True

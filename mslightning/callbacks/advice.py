@@ -97,6 +97,7 @@ __all__ = [
     "EpochEvidence",
     "Recommendation",
     "StreamThresholds",
+    "Verdict",
 ]
 
 KINDS = (
@@ -228,6 +229,45 @@ class Recommendation:
 
     def __str__(self) -> str:
         return self.message
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Where one rule stands for one stream this epoch: a row of the verdict table.
+
+    Attributes:
+        kind: The rule (see :data:`KINDS`).
+        stream: The stream, or ``"all"`` for the model-wide ``not_learning``.
+        state: ``"ok"``, ``"information"`` (``frozen``), ``"pending (1 of 2 epochs)"`` (the
+            condition held but not yet for ``patience`` epochs), ``"warning (3 epochs)"``, or
+            ``"warning, clearing (1 of 2 epochs)"`` (reported, and the condition failed for fewer
+            than ``patience`` epochs).
+        value: The measured value the rule compares, or None when it has none.
+        threshold: The comparison, e.g. ``"> 1"`` (relaxed by ``release`` while reported).
+        knob: What to change when it warns, e.g. ``"lr down"``.
+    """
+
+    kind: str
+    stream: str
+    state: str
+    value: float | None
+    threshold: str
+    knob: str
+
+
+# kind -> (comparison, StreamThresholds field, upward, knob); the value is the one the rule compares
+_LIMITS: dict[str, tuple[str, str | None, bool, str]] = {
+    "not_learning": ("score within", "chance_margin", True, "lr up, or check the data"),
+    "nonfinite": (">", None, True, "check inputs, then lr down"),
+    "not_optimized": ("", None, True, "add its parameters to an optimizer"),
+    "overfitting": (">", "overfit_score", True, "weight_decay up or lr down"),
+    "too_fast": (">", "fast_update_ratio", True, "lr down"),
+    "dominant": (">=", "dominance_ratio", True, "lr down"),
+    "stalled": ("<", "stall_update_ratio", False, "lr up"),
+    "slow": ("<", "slow_ratio", False, "lr up"),
+    "weight_growth": (">=", "weight_growth_ratio", True, "weight_decay up"),
+    "frozen": ("", None, True, "none (information)"),
+}
 
 
 @dataclass
@@ -364,6 +404,8 @@ class Advisor:
     def __init__(self, thresholds: StreamThresholds) -> None:
         self.thresholds = thresholds
         self.flags: dict[str, _Flag] = {}
+        self.verdicts: list[Verdict] = []
+        """The latest epoch's verdict per rule and stream (rules that were judged, or are reported)."""
 
     # ------------------------------------------------------------------ state
 
@@ -418,6 +460,34 @@ class Advisor:
         if not self._is_active(kind, stream):
             return threshold
         return threshold * self.thresholds.release if upward else threshold / self.thresholds.release
+
+    def _threshold_text(self, kind: str, stream: str, ev: EpochEvidence) -> str:
+        comparison, field_name, upward, _ = _LIMITS[kind]
+        if field_name is None:
+            return f"{comparison} 0" if comparison else ""
+        limit = getattr(self.thresholds, field_name)
+        if kind == "not_learning":
+            return f"{comparison} {_fmt(limit)} of chance"
+        text = f"{comparison} {_fmt(self._relaxed(kind, stream, limit, upward))}"
+        if kind == "too_fast" and stream in ev.pretrained:
+            text += f", or lr > {_fmt(self.thresholds.pretrained_lr_ratio)}x the fresh parts'"
+        return text
+
+    def _verdict(
+        self, kind: str, stream: str, raw: bool | None, value: float | None, threshold: str, flag: _Flag
+    ) -> Verdict:
+        patience = 1 if kind in _IMMEDIATE else self.thresholds.patience
+        if kind == "frozen":
+            state = "information" if flag.active else "ok"
+        elif flag.active and raw is False:
+            state = f"warning, clearing ({flag.off_streak} of {patience} epochs)"
+        elif flag.active:
+            state = f"warning ({max(flag.held, 1)} epoch{'s' if max(flag.held, 1) != 1 else ''})"
+        elif raw:
+            state = f"pending ({flag.on_streak} of {patience} epochs)"
+        else:
+            state = "ok"
+        return Verdict(kind, "all" if stream == ALL else stream, state, value, threshold, _LIMITS[kind][3])
 
     def _conditions(self, ev: EpochEvidence) -> Conditions:
         """Raw condition and its value, per kind and stream.
@@ -545,10 +615,14 @@ class Advisor:
         conditions = self._conditions(ev)
         recs: list[Recommendation] = []
         pending: list[tuple[str, str, _Flag]] = []
+        self.verdicts = []
         for kind in KINDS:
             for m in [ALL] if kind == "not_learning" else ev.streams:
                 raw, value = conditions[kind].get(m, (None, None))
+                threshold = self._threshold_text(kind, m, ev)  # before the update: the threshold the rule used
                 flag = self._update(kind, m, raw, value)
+                if raw is not None or flag.active:
+                    self.verdicts.append(self._verdict(kind, m, raw, value, threshold, flag))
                 if flag.active:
                     severity: Literal["warning", "info"] = "info" if kind == "frozen" else "warning"
                     message = _MESSAGES[kind](ev, m, flag, self.thresholds)

@@ -18,19 +18,25 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mslightning.callbacks._tensorboard import Layout, multiline
+from mslightning.callbacks._tensorboard import Layout, TagOf, multiline
+from mslightning.callbacks.advice import StreamThresholds, Verdict
 from mslightning.streams import ClassificationOutputs, PoissonOutputs, RankingOutputs, StreamOutputs, stream_pairs
 
 __all__ = [
+    "EVIDENCE_ONLY",
     "METRICS",
     "NOTES",
+    "THRESHOLD_RUNS",
     "MetricSpec",
     "custom_scalar_layout",
     "expected_keys",
     "format_summary",
+    "markdown_table",
     "metric_key",
     "metrics_table",
     "resolve",
+    "threshold_lines",
+    "verdict_rows",
 ]
 
 Needs = Literal["epochs", "steps", "updates", "predictions", "validation"]
@@ -93,15 +99,6 @@ METRICS: tuple[MetricSpec, ...] = (
         "``||w_after - w_before|| / ||w_before||``, the step taken (with ``track_updates``).",
         "|dw|/|w|",
     ),
-    MetricSpec(
-        "lr",
-        "step",
-        "stream",
-        "weights and updates",
-        "steps",
-        "lr of the param group holding most of the stream's parameters.",
-    ),
-    MetricSpec("weight_decay", "step", "stream", "weights and updates", "steps", "weight decay of that param group."),
     MetricSpec(
         "grad_norm_ratio",
         "step",
@@ -183,6 +180,31 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("alerts", "epoch", "stream", "balance", "epochs", "Number of active warnings naming the stream."),
 )
 """Every metric :class:`~mslightning.callbacks.StreamMonitor` logs, in documentation order."""
+
+EVIDENCE_ONLY = ("lr", "weight_decay")
+"""Measured for the advice but not logged: the optimizer's own values, which a learning-rate monitor logs."""
+
+THRESHOLD_RUNS = ("threshold_upper", "threshold_lower")
+"""The TensorBoard runs that draw the advice's thresholds as lines on the charts of their metrics."""
+
+
+def threshold_lines(thresholds: StreamThresholds) -> dict[str, tuple[float | None, float | None]]:
+    """The advice thresholds that can be drawn on a logged metric's chart.
+
+    Args:
+        thresholds: The monitor's thresholds.
+
+    Returns:
+        Metric name -> ``(lower, upper)`` (None where there is none): ``overfit_score`` warns above
+        ``overfit_score``; ``update_ratio`` is healthy between ``low_update_ratio`` and
+        ``fast_update_ratio``; ``grad_norm_ratio`` of two streams signals dominance outside
+        ``1/dominance_ratio .. dominance_ratio``.
+    """
+    return {
+        "overfit_score": (None, thresholds.overfit_score),
+        "update_ratio": (thresholds.low_update_ratio, thresholds.fast_update_ratio),
+        "grad_norm_ratio": (1 / thresholds.dominance_ratio, thresholds.dominance_ratio),
+    }
 
 
 NOTES: dict[str, tuple[bool, str]] = {
@@ -287,20 +309,26 @@ def expected_keys(
     return keys
 
 
-def _task_alternatives(name: str) -> str:
-    """A tag regex part matching the name of every task (``train_(acc|pair_acc|corr)``)."""
-    if "{" not in name:
-        return re.escape(name)
-    variants = sorted({resolve(name, task) for task in _TASKS})
-    return "(" + "|".join(re.escape(v) for v in variants) + ")"
-
-
 def _title(name: str) -> str:
     return name.replace("{score}", "score").replace("{confidence}", "confidence")
 
 
-def custom_scalar_layout(prefix: str, streams: Sequence[str], track_updates: bool = True) -> Layout:
-    """The custom-scalars charts: one chart per metric with a line per stream (or pair).
+def _limits_text(lines: tuple[float | None, float | None]) -> str:
+    lower, upper = lines
+    if lower is None:
+        return f"warning above {upper:g}"
+    return f"healthy {lower:g} .. {upper:g}"
+
+
+def custom_scalar_layout(
+    prefix: str,
+    streams: Sequence[str],
+    track_updates: bool = True,
+    thresholds: StreamThresholds | None = None,
+    tag_of: TagOf | None = None,
+    module_keys: Mapping[str, str] | None = None,
+) -> Layout:
+    """The custom-scalars charts: one chart per metric, a line per stream (or pair), decisions first.
 
     The layout is written before the first batch, so a task-dependent metric (``train_{score}``)
     gets one chart whose lines match every task's name for it.
@@ -309,27 +337,48 @@ def custom_scalar_layout(prefix: str, streams: Sequence[str], track_updates: boo
         prefix: The monitor's prefix.
         streams: The stream names.
         track_updates: Whether ``update_ratio`` is logged.
+        thresholds: The advice thresholds, named in the titles of the charts they are drawn on.
+        tag_of: The TensorBoard tag a logged key is written under (a logger that writes each
+            stream to its own run drops the stream from the key); default: the key itself.
+        module_keys: Metrics the module logs itself (metric name -> key with ``{stream}``), charted
+            from the module's keys.
 
     Returns:
         ``{category: {chart: ["Multiline", [tag regex, ...]]}}``, categories named ``<prefix>: <chart>``.
     """
+    tag_of = tag_of or (lambda key: key)
+    module_keys = module_keys or {}
+    limits = threshold_lines(thresholds) if thresholds is not None else {}
     pairs = _pairs(streams)
-    p = re.escape(prefix)
+
+    def tags(name: str, over: Sequence[str]) -> list[str]:
+        """One regex per stream (or pair), matching the metric's name of every task."""
+        variants = dict.fromkeys(resolve(name, task) for task in _TASKS)
+        regexes = []
+        for o in over:
+            keys = (
+                [module_keys[name].format(stream=o)]
+                if name in module_keys
+                else [metric_key(prefix, v, o) for v in variants]
+            )
+            options = [re.escape(tag) for tag in dict.fromkeys(tag_of(key) for key in keys)]
+            regexes.append(f"^{options[0]}$" if len(options) == 1 else f"^({'|'.join(options)})$")
+        return list(dict.fromkeys(regexes))
+
     layout: dict[str, dict[str, list[Any]]] = {}
-    for spec in METRICS:
-        keys = streams if spec.over == "stream" else pairs
-        if (spec.needs == "updates" and not track_updates) or not keys:
+    for spec in sorted(METRICS, key=lambda spec: spec.name not in limits):  # charts with thresholds first
+        over = streams if spec.over == "stream" else pairs
+        if (spec.needs == "updates" and not track_updates) or not over:
             continue
-        tags = [f"{p}/{_task_alternatives(spec.name)}/{re.escape(k)}" for k in keys]
-        layout.setdefault(f"{prefix}: {spec.chart}", {})[_title(spec.name)] = multiline(tags, regex=True)
+        title = _title(spec.name) + (f" ({_limits_text(limits[spec.name])})" if spec.name in limits else "")
+        layout.setdefault(f"{prefix}: {spec.chart}", {})[title] = multiline(tags(spec.name, over), regex=True)
     layout[f"{prefix}: train vs val"] = {
-        f"{title} {s}": multiline(
-            [f"{p}/{_task_alternatives(f'{stage}_{metric}')}/{re.escape(s)}" for stage in ("train", "val")], regex=True
+        f"{title}: train vs val": multiline(
+            [*tags(f"train_{metric}", streams), *tags(f"val_{metric}", streams)], regex=True
         )
-        for s in streams
         for title, metric in (("score", "{score}"), ("loss", "loss"))
     }
-    layout[f"{prefix}: fusion"] = {"fusion internals": multiline([f"{p}/fusion/.*"], regex=True)}
+    layout[f"{prefix}: fusion"] = {"fusion internals": multiline([f"^{re.escape(prefix)}/fusion/.*"], regex=True)}
     return layout
 
 
@@ -347,6 +396,66 @@ def metrics_table() -> str:
             over = "<s>" if spec.over == "stream" else "<a>_vs_<b>"
             lines.append(f"* ``<p>/{spec.name}/{over}``: {spec.description}")
         lines.append("")
+    return "\n".join(lines)
+
+
+def verdict_rows(verdicts: Sequence[Verdict], streams: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """The verdict table: one row per rule, one column per stream, decisions in the cells.
+
+    A cell reads ``state: value`` (``warning (2 epochs): 2.37``), with the stream's threshold in
+    brackets where it differs from the row's (relaxed while a warning is reported). Rules judged
+    ``ok`` for every stream with nothing to show (``frozen``, ``not_optimized``) are left out.
+
+    Args:
+        verdicts: :attr:`~mslightning.callbacks.advice.Advisor.verdicts` of one epoch.
+        streams: The stream names, in column order.
+
+    Returns:
+        ``(header, rows)``: ``["rule", "threshold", "knob", *streams]`` and the rows, as text.
+    """
+    by_kind: dict[str, dict[str, Verdict]] = {}
+    for verdict in verdicts:
+        by_kind.setdefault(verdict.kind, {})[verdict.stream] = verdict
+    columns = list(streams)
+    if any("all" in cells for cells in by_kind.values()):
+        columns.append("all")
+    rows = []
+    for kind, cells in by_kind.items():
+        if all(v.state == "ok" and v.value is None for v in cells.values()):
+            continue
+        thresholds = [v.threshold for v in cells.values()]
+        row_threshold = max(set(thresholds), key=thresholds.count)
+        row = [kind, row_threshold, next(iter(cells.values())).knob]
+        for column in columns:
+            verdict = cells.get(column)
+            if verdict is None:
+                row.append("")
+                continue
+            cell = verdict.state if verdict.value is None else f"{verdict.state}: {verdict.value:.3g}"
+            if verdict.threshold != row_threshold:
+                cell += f" ({verdict.threshold})"
+            row.append(cell)
+        rows.append(row)
+    return ["rule", "threshold", "knob", *columns], rows
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table (what TensorBoard's Text dashboard renders), warnings in bold.
+
+    Args:
+        header: Column titles.
+        rows: Cells, as text.
+
+    Returns:
+        The table, one line per row.
+    """
+
+    def cell(text: str) -> str:
+        text = text.replace("|", "\\|")
+        return f"**{text}**" if text.startswith("warning") else text
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ correlation, ...) with streams alone and together, Shapley values and utilisatio
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
@@ -16,8 +17,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from mslightning.callbacks._lifecycle import EpochEndCallback
-from mslightning.callbacks._tensorboard import Layout, multiline, write_merged_layout
+from mslightning.callbacks._lifecycle import EpochEndCallback, epoch_log_step
+from mslightning.callbacks._tensorboard import Layout, TagOf, multiline, tensorboard_writer, write_merged_layout
 
 __all__ = ["PathwayAnalysis", "PathwayAnalyzable"]
 
@@ -72,7 +73,8 @@ class PathwayAnalysis(EpochEndCallback):
         TypeError: At setup, if the module has no ``analyze_pathways`` method.
 
     Logged metrics (``<p>`` is ``prefix``, ``<score>`` the report's ``metric``, e.g.
-    ``accuracy``; ``<s>``, ``<m>``, ``<n>`` are streams), at ``step = trainer.global_step``:
+    ``accuracy``; ``<s>``, ``<m>``, ``<n>`` are streams), at the step of the epoch's last batch
+    (where Lightning logs the epoch's own values):
 
     * ``<p>/<score>_all``: the score with every stream.
     * ``<p>/<score>_none``: the score with every stream ablated (chance level).
@@ -81,6 +83,7 @@ class PathwayAnalysis(EpochEndCallback):
     * ``<p>/utilization/<m>_given_<n>``: conditional utilisation rate
       ``u(m|n) = (S(m, n) - S(n)) / S(m, n)`` (Wu et al., ICML 2022).
     * ``<p>/<key>`` for every ``key`` of the report's ``extra``.
+    * ``<p>/table`` (TensorBoard text): the same as a table, one row per stream.
 
     :attr:`history` keeps ``[(epoch, value), ...]`` per key; :attr:`latest` the last report.
     """
@@ -113,18 +116,23 @@ class PathwayAnalysis(EpochEndCallback):
                 "shapley and utilization; the module has no such method."
             )
 
-    def custom_scalar_layout(self) -> Layout:
-        """The pathway charts of the custom-scalars dashboard.
+    def custom_scalar_layout(self, tag_of: TagOf | None = None) -> Layout:
+        """The pathway charts of the custom-scalars dashboard (the ablation score apart from other figures).
+
+        Args:
+            tag_of: Ignored: the charts match the keys with or without the stream (its own run).
 
         Returns:
             ``{category: {chart: ["Multiline", [tag regex, ...]]}}``.
         """
         p = re.escape(self.prefix)
+        score = r"[^/]+_(all|none|alone)"
         return {
             f"{self.prefix}: stream ablation": {
-                "score": multiline([f"{p}/[^/]+_all", f"{p}/[^/]+_none", f"{p}/[^/]+_alone/.*"], regex=True),
-                "shapley": multiline([f"{p}/shapley/.*"], regex=True),
-                "utilization": multiline([f"{p}/utilization/.*"], regex=True),
+                "score with streams alone, all and none": multiline([rf"^{p}/{score}(/[^/]+)?$"], regex=True),
+                "shapley": multiline([f"^{p}/shapley(/.*)?$"], regex=True),
+                "utilization": multiline([f"^{p}/utilization/.*"], regex=True),
+                "other figures": multiline([rf"^{p}/(?!{score}(/|$)|shapley(/|$)|utilization/)[^/]+$"], regex=True),
             }
         }
 
@@ -148,6 +156,18 @@ class PathwayAnalysis(EpochEndCallback):
         if getattr(report, "extra", None) is not None:
             flat.update({f"{p}/{key}": float(value) for key, value in _check_mapping(report, "extra").items()})
         return flat
+
+    def _table(self, flat: Mapping[str, float]) -> str:
+        """The report as Markdown: a row per stream (score alone, Shapley value), then the rest."""
+        p = f"{self.prefix}/"
+        alone = {k.rpartition("/")[2]: v for k, v in flat.items() if re.fullmatch(rf"{re.escape(p)}[^/]+_alone/.+", k)}
+        metric = next((k[len(p) :].split("/")[0].removesuffix("_alone") for k in flat if "_alone/" in k), "score")
+        lines = [f"| stream | {metric} alone | Shapley value |", "|---|---|---|"]
+        lines += [f"| {s} | {v:.4g} | {flat.get(f'{p}shapley/{s}', math.nan):.4g} |" for s, v in alone.items()]
+        rest = [
+            f"{k[len(p) :]} {v:.4g}" for k, v in flat.items() if "_alone/" not in k and not k.startswith(f"{p}shapley/")
+        ]
+        return "\n".join(lines) + "\n\n" + ", ".join(rest)
 
     @override
     def end_of_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -177,8 +197,12 @@ class PathwayAnalysis(EpochEndCallback):
         self.latest = report
         for key, value in flat.items():
             self.history.setdefault(key, []).append((epoch, value))
+        step = epoch_log_step(trainer)
         for logger in trainer.loggers:
-            logger.log_metrics(flat, step=trainer.global_step)
+            logger.log_metrics(flat, step=step)
+        writer = tensorboard_writer(trainer)
+        if writer is not None:
+            writer.add_text(f"{self.prefix}/table", f"**Epoch {epoch}** (step {step})\n\n{self._table(flat)}", step)
         if self.verbose:
             shown = ", ".join(f"{k.removeprefix(self.prefix + '/')} {v:.3f}" for k, v in flat.items())
             rank_zero_info(f"PathwayAnalysis, epoch {epoch}: {shown}")

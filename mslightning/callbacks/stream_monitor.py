@@ -25,15 +25,30 @@ from typing_extensions import override
 
 from mslightning.callbacks._distributed import collectives, mean_over_ranks, sum_over_ranks
 from mslightning.callbacks._lifecycle import EpochEndCallback, is_end_of_epoch_validation
-from mslightning.callbacks._tensorboard import Layout, has_tensorboard, tensorboard_writer, write_merged_layout
-from mslightning.callbacks.advice import Advisor, Recommendation, StreamThresholds
+from mslightning.callbacks._tensorboard import (
+    Layout,
+    TagOf,
+    has_tensorboard,
+    tag_of,
+    tensorboard_logger,
+    tensorboard_writer,
+    write_merged_layout,
+)
+from mslightning.callbacks.advice import Advisor, Recommendation, StreamThresholds, Verdict
 from mslightning.callbacks.epoch_evidence import build_evidence, epoch_metrics, fusion_internals, step_means
 from mslightning.callbacks.monitor_metrics import (
+    EVIDENCE_ONLY,
+    METRICS,
     NOTES,
+    THRESHOLD_RUNS,
     custom_scalar_layout,
     format_summary,
+    markdown_table,
     metric_key,
     metrics_table,
+    resolve,
+    threshold_lines,
+    verdict_rows,
 )
 from mslightning.callbacks.prediction_tally import PredictionTally, read_step_outputs
 from mslightning.callbacks.step_statistics import (
@@ -48,6 +63,7 @@ from mslightning.streams import (
     StreamOutputs,
     check_stream_patterns,
     match_streams,
+    stream_pairs,
     stream_patterns_of,
 )
 
@@ -185,6 +201,7 @@ class StreamMonitor(EpochEndCallback):
         self._reported: set[str] = set()
         self._checked_layouts: set[Any] = set()
         self._histogram_epoch: int | None = None
+        self._module_keys: dict[str, str] = {}
 
     @property
     def stream_names(self) -> list[str]:
@@ -227,6 +244,7 @@ class StreamMonitor(EpochEndCallback):
             return
         if self.compare_streams is None:
             self._compare = bool(getattr(pl_module, "parts_are_peers", True))
+        self._module_keys = _module_metric_keys(pl_module)
         declared = getattr(pl_module, "pretrained_parts", ()) or ()
         self._pretrained = (declared,) if isinstance(declared, str) else tuple(declared)
         unknown = [p for p in self._pretrained if p not in names]
@@ -249,20 +267,54 @@ class StreamMonitor(EpochEndCallback):
 
     # ------------------------------------------------------------------ logging
 
-    def custom_scalar_layout(self) -> Layout:
+    def custom_scalar_layout(self, tag_of: TagOf | None = None) -> Layout:
         """The custom-scalars charts: one chart per metric with a line per stream (or pair).
+
+        Args:
+            tag_of: The TensorBoard tag of a logged key (see :func:`~mslightning.callbacks._tensorboard.tag_of`).
 
         Returns:
             ``{category: {chart: ["Multiline", [tag regex, ...]]}}``.
         """
-        return custom_scalar_layout(self.prefix, self.stream_names, self.track_updates)
+        return custom_scalar_layout(
+            self.prefix, self.stream_names, self.track_updates, self.thresholds, tag_of, self._module_keys
+        )
+
+    @property
+    def verdicts(self) -> list[Verdict]:
+        """The latest epoch's verdict per rule and stream (the rows of the verdict table)."""
+        return list(self._advisor.verdicts)
 
     def _log(self, trainer: pl.Trainer, values: Mapping[tuple[str, str], float], step: int) -> dict[str, float]:
         metrics = {metric_key(self.prefix, metric, over): value for (metric, over), value in values.items()}
         self.latest.update(metrics)
+        # the optimizer's values and what the module logs itself are not logged twice
+        unlogged = {*EVIDENCE_ONLY, *(resolve(name, self._task) for name in self._module_keys)}
+        logged = {metric_key(self.prefix, m, o): v for (m, o), v in values.items() if m not in unlogged}
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
+            logger.log_metrics(logged, step=step)
+        self._log_thresholds(trainer, {metric for metric, _ in values}, step)
         return metrics
+
+    def _log_thresholds(self, trainer: pl.Trainer, metrics: set[str], step: int) -> None:
+        """The advice's thresholds as lines in the charts of their metrics (runs of their own, one colour each)."""
+        logger = tensorboard_logger(trainer)
+        if logger is None or not callable(getattr(logger, "run_writer", None)):
+            return
+        tag = tag_of(logger)
+        for metric, limits in threshold_lines(self.thresholds).items():
+            if metric not in metrics:
+                continue
+            spec = next(spec for spec in METRICS if spec.name == metric)
+            over = (
+                self.stream_names
+                if spec.over == "stream"
+                else [f"{a}_vs_{b}" for a, b in stream_pairs(self.stream_names)]
+            )
+            for run, limit in zip(THRESHOLD_RUNS, reversed(limits), strict=True):
+                if limit is not None:
+                    for key in dict.fromkeys(tag(metric_key(self.prefix, metric, o)) for o in over):
+                        logger.run_writer(run).add_scalar(key, limit, step)
 
     @staticmethod
     def _batch_step(trainer: pl.Trainer) -> int:
@@ -427,11 +479,13 @@ class StreamMonitor(EpochEndCallback):
     def _publish_advice(self, trainer: pl.Trainer, epoch: int) -> None:
         writer = tensorboard_writer(trainer)
         if writer is not None:
-            text = "\n".join(
+            advice = "\n".join(
                 f"* {r.message}" if r.severity == "info" else f"* **{r.kind}** ({r.severity}): {r.message}"
                 for r in self.recommendations
             )
-            writer.add_text(metric_key(self.prefix, "recommendations"), f"Epoch {epoch}:\n\n{text}", self._epoch_step)
+            table = markdown_table(*verdict_rows(self._advisor.verdicts, self.stream_names))
+            text = f"**Epoch {epoch}** (step {self._epoch_step})\n\n{table}\n\n{advice}"
+            writer.add_text(metric_key(self.prefix, "verdict"), text, self._epoch_step)
         if self.verbose:
             lines = "\n".join(f"  - {r.message}" for r in self.recommendations)
             rank_zero_info(f"StreamMonitor, epoch {epoch}:\n{lines}")
@@ -487,6 +541,19 @@ class StreamMonitor(EpochEndCallback):
         ]
         self.recommendations = list(self.recommendation_history[-1][1]) if self.recommendation_history else []
         self.load_epoch_end_state(state_dict)
+
+
+def _module_metric_keys(pl_module: pl.LightningModule) -> dict[str, str]:
+    """The module's ``stream_metric_keys``, checked: monitor metric name -> the module's key with ``{stream}``."""
+    declared = dict(getattr(pl_module, "stream_metric_keys", None) or {})
+    names = {spec.name for spec in METRICS if spec.over == "stream"}
+    for name, key in declared.items():
+        if name not in names or not isinstance(key, str) or "{stream}" not in key:
+            raise ValueError(
+                f"{type(pl_module).__name__}.stream_metric_keys maps {name!r} to {key!r}; expected a per-stream "
+                f"metric of StreamMonitor ({sorted(names)}) mapped to a key containing '{{stream}}'."
+            )
+    return declared
 
 
 StreamMonitor.__doc__ = (StreamMonitor.__doc__ or "").replace(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -14,6 +14,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
+from mslightning.callbacks._tensorboard import Layout, TagOf, outputs_layout
 from mslightning.modules.base import GroupedOptimizationModule, ParamGroups, StagedSteps
 from mslightning.modules.pathways import PathwayReport, pathway_report
 from mslightning.nn import ConcatFusion, Fusion, ResNetStreamEncoder, StreamHeads
@@ -151,6 +152,10 @@ class MultiStreamClassifier(StagedSteps, GroupedOptimizationModule):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.fusion.out_features, num_classes))
         self.aux_heads = StreamHeads(widths, num_classes, dropout)
         self.stream_patterns = {name: [f"encoders.{name}.*", f"aux_heads.{name}.*"] for name in streams}
+        self.dashboard_runs = [*streams, FUSED]
+        """Each stream and the fused output get their own TensorBoard run (one colour each)."""
+        self.best_metrics = {f"val/{out}/acc": "max" for out in (FUSED, *streams)}
+        """Keys whose best value is an HParams metric (:class:`~mslightning.loggers.StreamTensorBoardLogger`)."""
         self._checked_stages: set[str] = set()
 
         template = MetricCollection(
@@ -167,6 +172,39 @@ class MultiStreamClassifier(StagedSteps, GroupedOptimizationModule):
                 )
                 for stage in STAGES
             }
+        )
+
+    stream_metric_keys: ClassVar[dict[str, str]] = {
+        "train_{score}": "train/{stream}/acc",
+        "val_{score}": "val/{stream}/acc",
+        "train_loss": "train/{stream}/loss_epoch",
+        "val_loss": "val/{stream}/loss",
+    }
+    """StreamMonitor metrics this module logs itself (each stream's accuracy and loss): not logged twice."""
+
+    def custom_scalar_layout(self, tag_of: TagOf | None = None) -> Layout:
+        """The classification charts of the custom-scalars dashboard: accuracy and loss, train vs val.
+
+        Args:
+            tag_of: The TensorBoard tag of a logged key (a stream's run drops the stream).
+
+        Returns:
+            ``{category: {chart: ["Multiline", [tag regex, ...]]}}``: one line per output (each
+            stream and ``fused``) and stage.
+        """
+        outputs = [FUSED, *self.encoders]
+        return outputs_layout(
+            "classification",
+            {
+                "accuracy: train vs val": [f"{stage}/{out}/acc" for stage in ("train", "val") for out in outputs],
+                "loss: train vs val": [
+                    key for out in outputs for key in (f"train/{out}/loss_epoch", f"val/{out}/loss")
+                ],
+                "macro accuracy: train vs val": [
+                    f"{stage}/{out}/macro_acc" for stage in ("train", "val") for out in outputs
+                ],
+            },
+            tag_of,
         )
 
     @override

@@ -16,6 +16,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 from torch import Tensor, nn
 from typing_extensions import override
 
+from mslightning.callbacks._tensorboard import Layout, TagOf, outputs_layout
 from mslightning.metrics import BitsPerSpike, MaskedPearsonCorrCoef
 from mslightning.modules.base import GroupedOptimizationModule, ParamGroups, StagedSteps
 from mslightning.modules.pathways import PathwayReport
@@ -105,6 +106,37 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
     parts_are_peers = False
     """``core``, ``modulator`` and ``readout`` are in series: StreamMonitor does not compare them."""
 
+    @property
+    def dashboard_runs(self) -> list[str]:
+        """The parts and the sessions get their own TensorBoard run: per-session curves in their own colour."""
+        return [*self.stream_patterns, *self.sessions]
+
+    def custom_scalar_layout(self, tag_of: TagOf | None = None) -> Layout:
+        """The response charts of the custom-scalars dashboard: correlation and bits per spike vs the oracle.
+
+        Args:
+            tag_of: The TensorBoard tag of a logged key (a session's run drops the session).
+
+        Returns:
+            ``{category: {chart: ["Multiline", [tag regex, ...]]}}``; per-session values share the
+            overall value's chart.
+        """
+        stages, sessions = ("train", "val"), list(self.sessions)
+        per_session = {
+            name: [f"{stage}/{name}" for stage in stages] + [f"val/{s}/{name}" for s in sessions]
+            for name in ("corr", "bits_per_spike")
+        }
+        return outputs_layout(
+            "responses",
+            {
+                "correlation vs oracle": [*per_session["corr"], *(f"{stage}/oracle_corr" for stage in stages)],
+                "fraction of the oracle correlation": [f"{stage}/oracle_fraction" for stage in stages],
+                "bits per spike": per_session["bits_per_spike"],
+                "loss: train vs val": ["train/loss_epoch", "val/loss"],
+            },
+            tag_of,
+        )
+
     def __init__(
         self,
         sessions: Mapping[str, int] | None = None,
@@ -167,6 +199,8 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
         self.loss = MaskedPoissonLoss(burn_in)
         modulator_patterns = ["recurrent.*", *(["modulator.*"] if self.modulator is not None else [])]
         self.stream_patterns = {"core": ["core.*"], "modulator": modulator_patterns, "readout": ["readouts.*"]}
+        self.best_metrics = {"val/corr": "max", "val/bits_per_spike": "max", "val/oracle_fraction": "max"}
+        """Keys whose best value is an HParams metric (:class:`~mslightning.loggers.StreamTensorBoardLogger`)."""
         self.metrics = nn.ModuleDict({f"{stage}_metrics": self._session_metrics() for stage in STAGES})
         self._checked_stages: set[str] = set()
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from typing_extensions import override
 
+from mslightning.callbacks._tensorboard import Layout, TagOf, outputs_layout
 from mslightning.metrics import SeriesKendallTau
 from mslightning.modules.base import GroupedOptimizationModule, ParamGroups, StagedSteps
 from mslightning.nn import (
@@ -184,6 +185,29 @@ class SiameseRanker(StagedSteps, GroupedOptimizationModule):
     parts_are_peers = False
     """``backbone`` and ``head`` are in series: StreamMonitor does not compare them with each other."""
 
+    def custom_scalar_layout(self, tag_of: TagOf | None = None) -> Layout:
+        """The ranking charts of the custom-scalars dashboard: pair accuracy by agreement, ranks, losses.
+
+        Args:
+            tag_of: The TensorBoard tag of a logged key.
+
+        Returns:
+            ``{category: {chart: ["Multiline", [tag regex, ...]]}}``.
+        """
+        stages = ("train", "val")
+        return outputs_layout(
+            "ranking",
+            {
+                "pair accuracy: all pairs vs pairs with agreement": [
+                    f"{stage}/{name}" for name in ("pair_acc", "pair_acc_agreed") for stage in stages
+                ],
+                "Kendall's tau within series": [f"{stage}/kendall_tau" for stage in stages],
+                "loss: train vs val": ["train/loss_epoch", "val/loss", "train/log_loss", "val/log_loss"],
+                "swap consistency": [f"{stage}/swap_consistency" for stage in stages],
+            },
+            tag_of,
+        )
+
     @property
     def pretrained_parts(self) -> tuple[str, ...]:
         """The parts initialised from pretrained weights: ``("backbone",)`` after a weights file.
@@ -225,6 +249,8 @@ class SiameseRanker(StagedSteps, GroupedOptimizationModule):
         self.random_swaps = random_swaps
         self.agreement_threshold = agreement_threshold
         self.stream_patterns = {"backbone": ["backbone.*"], "head": ["head.*"]}
+        self.best_metrics = {"val/pair_acc": "max", "val/pair_acc_agreed": "max", "val/kendall_tau": "max"}
+        """Keys whose best value is an HParams metric (:class:`~mslightning.loggers.StreamTensorBoardLogger`)."""
         self._checked_stages: set[str] = set()
         # Means of per-pair values (accuracies as means of 0/1): a metric that saw no pair in an
         # epoch (no tie-free or high-agreement pair) is NaN and left out, never logged as 0.

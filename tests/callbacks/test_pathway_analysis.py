@@ -3,7 +3,7 @@ from dataclasses import dataclass
 import lightning.pytorch as pl
 import pytest
 import torch
-from monitor_testkit import TwoBranchNet, layout_charts, loader, read_layout, read_scalars, trainer_kwargs
+from monitor_testkit import TwoBranchNet, layout_charts, loader, read_layout, read_scalars, read_texts, trainer_kwargs
 from torch import nn
 
 from mslightning.callbacks import PathwayAnalysis, StreamMonitor
@@ -60,15 +60,21 @@ def test_runs_every_n_epochs_and_logs_the_report(tmp_path):
     assert call == {"val_batches": 2, "train_batches": 4, "grad": False, "training": False}
     assert model.training and model.bn.training and not model.thermal_head.training
     scalars = read_scalars(trainer.logger.log_dir)
-    assert sorted(scalars["pathways/accuracy_all"]) == [8, 16]
-    assert scalars["pathways/accuracy_none"][8] == pytest.approx(0.25)
-    assert scalars["pathways/accuracy_alone/thermal"][16] == pytest.approx(0.53)
-    assert scalars["pathways/shapley/visible"][8] == pytest.approx(0.4)
-    assert scalars["pathways/utilization/visible_given_thermal"][8] == pytest.approx(0.3)
-    assert scalars["pathways/utilization/thermal_given_visible"][8] == pytest.approx(0.1)
+    # on Lightning's x-axis: the step its own epoch values of epochs 1 and 3 are logged at
+    lightning_epoch_steps = sorted(scalars["train_loss_epoch"])
+    assert sorted(scalars["pathways/accuracy_all"]) == lightning_epoch_steps[1::2] == [7, 15]
+    assert scalars["pathways/accuracy_none"][7] == pytest.approx(0.25)
+    assert scalars["pathways/accuracy_alone/thermal"][15] == pytest.approx(0.53)
+    assert scalars["pathways/shapley/visible"][7] == pytest.approx(0.4)
+    assert scalars["pathways/utilization/visible_given_thermal"][7] == pytest.approx(0.3)
+    assert scalars["pathways/utilization/thermal_given_visible"][7] == pytest.approx(0.1)
     assert callback.history["pathways/accuracy_alone/thermal"] == [(1, pytest.approx(0.51)), (3, pytest.approx(0.53))]
     charts = layout_charts(read_layout(trainer.logger.log_dir))
-    assert set(charts) == {f"pathways: stream ablation/{c}" for c in ("score", "shapley", "utilization")}
+    titles = ("score with streams alone, all and none", "shapley", "utilization", "other figures")
+    assert set(charts) == {f"pathways: stream ablation/{c}" for c in titles}
+    # the score chart holds the ablation scores only; the report's other figures have a chart of their own
+    (table,) = read_texts(trainer.logger.log_dir, "pathways/table")[-1:]
+    assert "| thermal | 0.53 | 0.25 |" in table and "accuracy_all 0.9" in table
 
 
 def test_layout_is_merged_with_the_monitor(tmp_path):
