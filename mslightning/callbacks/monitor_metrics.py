@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from mslightning.callbacks._tensorboard import Layout, TagOf, multiline
 from mslightning.callbacks.advice import StreamThresholds, Verdict
+from mslightning.callbacks.report import ReportChart
 from mslightning.streams import ClassificationOutputs, PoissonOutputs, RankingOutputs, StreamOutputs, stream_pairs
 
 __all__ = [
@@ -34,8 +35,10 @@ __all__ = [
     "markdown_table",
     "metric_key",
     "metrics_table",
+    "report_charts",
     "resolve",
     "threshold_lines",
+    "verdict_records",
     "verdict_rows",
 ]
 
@@ -437,6 +440,77 @@ def verdict_rows(verdicts: Sequence[Verdict], streams: Sequence[str]) -> tuple[l
             row.append(cell)
         rows.append(row)
     return ["rule", "threshold", "knob", *columns], rows
+
+
+def verdict_records(verdicts: Sequence[Verdict]) -> tuple[list[str], list[list[str]]]:
+    """The verdicts in long form (a row per stream and rule), warnings first, for the static report.
+
+    Rules judged ``ok`` with no value to show are left out.
+
+    Args:
+        verdicts: One epoch's verdicts.
+
+    Returns:
+        ``(header, rows)`` with the columns stream, rule, state, value, threshold, knob.
+    """
+    order = ("warning", "pending", "information", "ok")
+    shown = [v for v in verdicts if not (v.state == "ok" and v.value is None)]
+    shown.sort(key=lambda v: next(i for i, word in enumerate(order) if v.state.startswith(word) or word == "ok"))
+    rows = [
+        [v.stream, v.kind, v.state, "" if v.value is None else f"{v.value:.3g}", v.threshold, v.knob] for v in shown
+    ]
+    return ["stream", "rule", "state", "value", "threshold", "knob"], rows
+
+
+def report_charts(
+    history: Mapping[str, Sequence[tuple[int, float]]],
+    prefix: str,
+    streams: Sequence[str],
+    task: type[StreamOutputs] | None,
+    thresholds: StreamThresholds,
+) -> list[ReportChart]:
+    """The static report's charts: the decision metrics per epoch, one line per stream, with thresholds.
+
+    Args:
+        history: The monitor's history (logged key -> ``[(epoch, value), ...]``).
+        prefix: The monitor's prefix.
+        streams: The stream names.
+        task: The task of the per-stream outputs.
+        thresholds: The advice thresholds, drawn as lines.
+
+    Returns:
+        Charts of the overfitting score, the validation and training scores, the update ratio,
+        the gradient norm, the discrepancy ratio and the learning speed of each pair (those with data).
+    """
+    limits = threshold_lines(thresholds)
+
+    def lines(metric: str, over: Sequence[str]) -> dict[str, list[tuple[float, float]]]:
+        return {
+            o: [(float(e), v) for e, v in history[metric_key(prefix, metric, o)]]
+            for o in over
+            if metric_key(prefix, metric, o) in history
+        }
+
+    def limit_lines(metric: str) -> dict[str, float]:
+        lower, upper = limits.get(metric, (None, None))
+        named = {"healthy from": lower, "warning above": upper} if lower is not None else {"warning above": upper}
+        return {label: value for label, value in named.items() if value is not None}
+
+    score = resolve("{score}", task)
+    specs = [
+        ("overfit_score", streams, False, "Score gap + loss gap between training and validation."),
+        (f"val_{score}", streams, False, "Each stream's own prediction on the validation set."),
+        (f"train_{score}", streams, False, "The same on the training batches."),
+        ("update_ratio", streams, True, "||dw||/||w|| per step, epoch mean: how fast each stream learns."),
+        ("grad_norm", streams, True, "Gradient L2 norm, epoch mean."),
+        ("discrepancy_ratio", streams, False, "OGM-GE: confidence over the others' mean; > 1 dominates."),
+        ("learning_speed", _pairs(streams), False, "log10 of a's over b's conditional learning speed."),
+    ]
+    charts = [
+        ReportChart(metric, lines(metric, over), limit_lines(metric), log_y, description, x_label="epoch")
+        for metric, over, log_y, description in specs
+    ]
+    return [chart for chart in charts if chart.series]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

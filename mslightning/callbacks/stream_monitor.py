@@ -10,8 +10,10 @@ evidence (:mod:`~mslightning.callbacks.epoch_evidence`), advice
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -46,11 +48,14 @@ from mslightning.callbacks.monitor_metrics import (
     markdown_table,
     metric_key,
     metrics_table,
+    report_charts,
     resolve,
     threshold_lines,
+    verdict_records,
     verdict_rows,
 )
 from mslightning.callbacks.prediction_tally import PredictionTally, read_step_outputs
+from mslightning.callbacks.report import write_report
 from mslightning.callbacks.step_statistics import (
     StepStatistics,
     StreamBinding,
@@ -116,6 +121,9 @@ class StreamMonitor(EpochEndCallback):
         compare_streams: Compare streams with each other (``dominant``, ``slow``,
             ``weight_growth``); ``None`` reads the module's ``parts_are_peers`` (default True).
             Parts in series (a pretrained backbone and a fresh head) are not peers.
+        report: At the end of ``fit``, write :meth:`write_report` to ``<log_dir>/stream_report.html``
+            (rank zero): the verdict table, the advice and per-stream curves with thresholds, for
+            reading without TensorBoard.
 
     Raises:
         ValueError: For a malformed ``streams`` mapping, a bad stream name or pattern, or a bad
@@ -154,6 +162,7 @@ class StreamMonitor(EpochEndCallback):
         histogram_every_n_epochs: int | None = None,
         verbose: bool = True,
         compare_streams: bool | None = None,
+        report: bool = True,
     ) -> None:
         super().__init__()
         self.streams = None if streams is None else check_stream_patterns(streams, "streams")
@@ -176,6 +185,7 @@ class StreamMonitor(EpochEndCallback):
         self.histogram_every_n_epochs = histogram_every_n_epochs
         self.verbose = verbose
         self.compare_streams = compare_streams
+        self.report = report
 
         self.history: dict[str, list[tuple[int, float]]] = {}
         """Logged key -> ``[(epoch, value), ...]``; step metrics as epoch means."""
@@ -340,6 +350,30 @@ class StreamMonitor(EpochEndCallback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._steps is not None:
             self._steps.release()  # frees the scratch copy
+        if self.report and trainer.is_global_zero and self.history:
+            path = self.write_report(os.path.join(trainer.log_dir or trainer.default_root_dir, "stream_report.html"))
+            rank_zero_info(f"StreamMonitor: report written to {path}")
+
+    def write_report(self, path: str | os.PathLike) -> Path:
+        """Write the static report: verdict table, advice and per-epoch curves with thresholds (HTML, offline).
+
+        Args:
+            path: Where to write it (parent directories are made; an existing file is replaced atomically).
+
+        Returns:
+            The path written.
+        """
+        epochs = [points[-1][0] for points in self.history.values() if points]
+        header, rows = verdict_records(self._advisor.verdicts)
+        return write_report(
+            path,
+            title=f"StreamMonitor report: {', '.join(self.stream_names)}",
+            charts=report_charts(self.history, self.prefix, self.stream_names, self._task, self.thresholds),
+            verdict_header=header,
+            verdict_rows=rows,
+            advice=self.get_recommendations(),
+            notes=[f"after epoch {max(epochs)}" if epochs else "no epoch finished"],
+        )
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
