@@ -374,6 +374,8 @@ def custom_scalar_layout(
         if (spec.needs == "updates" and not track_updates) or not over:
             continue
         title = _title(spec.name) + (f" ({_limits_text(limits[spec.name])})" if spec.name in limits else "")
+        if spec.needs == "predictions" and not spec.name.startswith("train_"):
+            title += " (train)"  # beside validation charts, say where it comes from
         layout.setdefault(f"{prefix}: {spec.chart}", {})[title] = multiline(tags(spec.name, over), regex=True)
     layout[f"{prefix}: train vs val"] = {
         f"{title}: train vs val": multiline(

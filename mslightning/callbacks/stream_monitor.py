@@ -136,7 +136,8 @@ class StreamMonitor(EpochEndCallback):
 
     {metrics_table}
     Also: ``<p>/fusion/<metric>/<s>`` (the module's ``fusion_internals()``, averaged over ranks),
-    ``<p>/recommendations`` (TensorBoard text) and ``<p>/hist/{weights,grads}/<s>``
+    ``advice/<p>`` (TensorBoard text: each epoch's verdict table, a row per rule and a column per
+    stream with its state, value and threshold, then the advice) and ``<p>/hist/{weights,grads}/<s>``
     (histograms, optional). :attr:`history` keeps one value per epoch and key: the epoch metrics,
     the epoch means of ``grad_norm``, ``rel_grad_norm``, ``weight_norm`` and ``update_ratio``,
     and the epoch's total of ``nonfinite_grads``.
@@ -350,9 +351,11 @@ class StreamMonitor(EpochEndCallback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._steps is not None:
             self._steps.release()  # frees the scratch copy
-        if self.report and trainer.is_global_zero and self.history:
-            path = self.write_report(os.path.join(trainer.log_dir or trainer.default_root_dir, "stream_report.html"))
-            rank_zero_info(f"StreamMonitor: report written to {path}")
+        if self.report and self.history:
+            directory = trainer.log_dir or trainer.default_root_dir  # a collective under DDP: every rank asks
+            if trainer.is_global_zero:
+                path = self.write_report(os.path.join(directory, "stream_report.html"))
+                rank_zero_info(f"StreamMonitor: report written to {path}")
 
     def write_report(self, path: str | os.PathLike) -> Path:
         """Write the static report: verdict table, advice and per-epoch curves with thresholds (HTML, offline).
@@ -519,7 +522,8 @@ class StreamMonitor(EpochEndCallback):
             )
             table = markdown_table(*verdict_rows(self._advisor.verdicts, self.stream_names))
             text = f"**Epoch {epoch}** (step {self._epoch_step})\n\n{table}\n\n{advice}"
-            writer.add_text(metric_key(self.prefix, "verdict"), text, self._epoch_step)
+            # "advice/..." sorts before every other group of the Text dashboard: the decision comes first
+            writer.add_text(f"advice/{self.prefix}", text, self._epoch_step)
         if self.verbose:
             lines = "\n".join(f"  - {r.message}" for r in self.recommendations)
             rank_zero_info(f"StreamMonitor, epoch {epoch}:\n{lines}")

@@ -147,7 +147,7 @@ def test_user_model_logs_every_tag_the_layout_and_oracle_norms(tmp_path):
             expected = "fusion" in tag or any(re.fullmatch(tag, key) for key in undefined)
             assert expected or any(re.fullmatch(tag, logged) for logged in scalars), tag
 
-    texts = read_texts(log_dir, "streams/verdict")
+    texts = read_texts(log_dir, "advice/streams")
     assert len(texts) == 2 and "healthy" in texts[-1]
     assert monitor.get_recommendations()[0].startswith("healthy")
     assert [epoch for epoch, _ in monitor.history["streams/grad_norm/visible"]] == [0, 1]

@@ -74,7 +74,7 @@ def test_tags_layout_fusion_weights_and_text(run):
     charts = layout_charts(read_layout(log_dir))
     assert "streams: gradients/grad_norm" in charts
     assert "pathways: stream ablation/shapley" in charts  # one merged layout for both callbacks
-    assert read_texts(log_dir, "streams/verdict")
+    assert read_texts(log_dir, "advice/streams")
 
 
 def test_pathway_analysis_on_the_classifier(run):

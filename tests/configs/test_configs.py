@@ -150,7 +150,10 @@ def test_main_job_validate_reproduces_checkpoint_metrics_and_predict_writes(
     predict = MSLightningCLI(args=["predict", "--config", str(config), "--ckpt_path", "best", *small])
     (writer,) = [c for c in predict.trainer.callbacks if isinstance(c, BasePredictionWriter)]
     rows = list(csv.DictReader(writer.path.open()))
-    assert rows and writer.path.resolve().parent.parent == tmp_path / "logs" / run
+    # written beside the training run it evaluates, labelled as a prediction (not a new version_N)
+    assert rows and writer.path.resolve().parent == tmp_path / "logs" / run / "version_0" / "predict"
+    assert (tmp_path / "logs" / run / "version_0" / "validate").is_dir()
+    assert sorted(p.name for p in (tmp_path / "logs" / run).iterdir()) == ["version_0"]
     if run == "siamese_synthetic":
         assert list(rows[0]) == ["series", "index", "score", "predicted_rank", "true_rank"]
         for series in {row["series"] for row in rows}:

@@ -263,3 +263,21 @@ def test_predict_without_a_writer_says_so(in_run_dir):
     with pytest.warns(UserWarning, match="predict has no prediction writer"):
         last = "logs/dual_stream_synthetic/version_0/checkpoints/last.ckpt"
         MSLightningCLI(args=[*args, "--ckpt_path", last, "--trainer.enable_progress_bar", "false"])
+
+
+def test_evaluations_are_written_as_evaluations_not_as_new_training_runs(in_run_dir):
+    runs = in_run_dir / "logs/dual_stream_synthetic"
+    before = sorted(p.name for p in runs.iterdir() if p.name.startswith("version_"))
+    checkpoint = runs / before[0] / "checkpoints/last.ckpt"
+    MSLightningCLI(args=["test", "--config", str(MAIN_CONFIG), *TINY, "--ckpt_path", str(checkpoint)])
+    evaluation = runs / before[0] / "test"  # beside the training run whose checkpoint it tested
+    assert any(evaluation.glob("events.out.tfevents.*"))
+    MSLightningCLI(args=["validate", "--config", str(MAIN_CONFIG), *TINY])  # untrained weights: no run to join
+    assert (runs / "validate_0").is_dir()
+    assert sorted(p.name for p in runs.iterdir() if p.name.startswith("version_")) == before
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(evaluation))
+    acc.Reload()
+    (label,) = acc.Tensors("evaluation/text_summary")
+    assert f"`mslightning test` of checkpoint {checkpoint}" in label.tensor_proto.string_val[0].decode()
