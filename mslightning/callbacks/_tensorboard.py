@@ -129,10 +129,12 @@ def has_tensorboard(trainer: pl.Trainer) -> bool:
 
 
 def write_merged_layout(trainer: pl.Trainer, caller: object) -> bool:
-    """Write the union of all layout providers' layouts if ``caller`` is the first provider.
+    """Write the union of all layout providers' layouts, once per fit, if ``caller`` is the first provider.
 
-    Call this from every provider's ``on_train_start``; only the first provider in
-    ``trainer.callbacks`` writes, so the run gets exactly one layout.
+    Call this from every provider's ``on_train_epoch_end``: after the first epoch each provider
+    knows what it logs (the task of the per-stream outputs, whether validation ran), so no chart
+    is left empty. Only the first provider in ``trainer.callbacks`` writes, and only once per
+    Trainer, so the run gets exactly one layout.
 
     Args:
         trainer: The running Trainer.
@@ -142,11 +144,12 @@ def write_merged_layout(trainer: pl.Trainer, caller: object) -> bool:
         True if the layout was written here.
     """
     providers = [cb for cb in trainer.callbacks if isinstance(cb, LayoutProvider)]
-    if not providers or providers[0] is not caller:
+    if not providers or providers[0] is not caller or getattr(caller, "_layout_written_for", None) is trainer:
         return False
     logger = tensorboard_logger(trainer)
     if logger is None:
         return False
+    caller._layout_written_for = trainer  # type: ignore[attr-defined]
     if isinstance(trainer.lightning_module, LayoutProvider):  # the module's own metrics, charted first
         providers.insert(0, trainer.lightning_module)
     merged: Layout = {}

@@ -330,11 +330,14 @@ def custom_scalar_layout(
     thresholds: StreamThresholds | None = None,
     tag_of: TagOf | None = None,
     module_keys: Mapping[str, str] | None = None,
+    task: type[StreamOutputs] | None = None,
+    measured: Iterable[Needs] = ("epochs", "steps", "updates", "predictions", "validation"),
+    fusion: bool = True,
 ) -> Layout:
     """The custom-scalars charts: one chart per metric, a line per stream (or pair), decisions first.
 
-    The layout is written before the first batch, so a task-dependent metric (``train_{score}``)
-    gets one chart whose lines match every task's name for it.
+    Only metrics the run measures get a chart (no empty charts). Without ``task`` a task-dependent
+    metric (``train_{score}``) gets one chart whose lines match every task's name for it.
 
     Args:
         prefix: The monitor's prefix.
@@ -345,6 +348,9 @@ def custom_scalar_layout(
             stream to its own run drops the stream from the key); default: the key itself.
         module_keys: Metrics the module logs itself (metric name -> key with ``{stream}``), charted
             from the module's keys.
+        task: The task of the per-stream outputs, when known.
+        measured: What the run measures (see :attr:`MetricSpec.needs`).
+        fusion: Whether to chart the module's fusion internals.
 
     Returns:
         ``{category: {chart: ["Multiline", [tag regex, ...]]}}``, categories named ``<prefix>: <chart>``.
@@ -353,10 +359,13 @@ def custom_scalar_layout(
     module_keys = module_keys or {}
     limits = threshold_lines(thresholds) if thresholds is not None else {}
     pairs = _pairs(streams)
+    measured = set(measured)
+    if not track_updates:
+        measured.discard("updates")
 
     def tags(name: str, over: Sequence[str]) -> list[str]:
         """One regex per stream (or pair), matching the metric's name of every task."""
-        variants = dict.fromkeys(resolve(name, task) for task in _TASKS)
+        variants = dict.fromkeys(resolve(name, t) for t in ([task] if task is not None else _TASKS))
         regexes = []
         for o in over:
             keys = (
@@ -371,19 +380,21 @@ def custom_scalar_layout(
     layout: dict[str, dict[str, list[Any]]] = {}
     for spec in sorted(METRICS, key=lambda spec: spec.name not in limits):  # charts with thresholds first
         over = streams if spec.over == "stream" else pairs
-        if (spec.needs == "updates" and not track_updates) or not over:
+        if not _available(spec, measured) or not over:
             continue
         title = _title(spec.name) + (f" ({_limits_text(limits[spec.name])})" if spec.name in limits else "")
         if spec.needs == "predictions" and not spec.name.startswith("train_"):
             title += " (train)"  # beside validation charts, say where it comes from
         layout.setdefault(f"{prefix}: {spec.chart}", {})[title] = multiline(tags(spec.name, over), regex=True)
-    layout[f"{prefix}: train vs val"] = {
-        f"{title}: train vs val": multiline(
-            [*tags(f"train_{metric}", streams), *tags(f"val_{metric}", streams)], regex=True
-        )
-        for title, metric in (("score", "{score}"), ("loss", "loss"))
-    }
-    layout[f"{prefix}: fusion"] = {"fusion internals": multiline([f"^{re.escape(prefix)}/fusion/.*"], regex=True)}
+    if {"predictions", "validation"} <= measured:
+        layout[f"{prefix}: train vs val"] = {
+            f"{title}: train vs val": multiline(
+                [*tags(f"train_{metric}", streams), *tags(f"val_{metric}", streams)], regex=True
+            )
+            for title, metric in (("score", "{score}"), ("loss", "loss"))
+        }
+    if fusion:
+        layout[f"{prefix}: fusion"] = {"fusion internals": multiline([f"^{re.escape(prefix)}/fusion/.*"], regex=True)}
     return layout
 
 

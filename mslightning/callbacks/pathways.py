@@ -33,7 +33,9 @@ class PathwayAnalyzable(Protocol):
         Returns a report (such as :class:`~mslightning.modules.PathwayReport`) with ``score_all``,
         ``score_none``, ``score_alone``, ``shapley`` and ``utilization`` (keys ``"m|n"``) fields,
         and optionally ``metric`` (the score's name, default ``"accuracy"``) and ``extra`` (a
-        mapping of further figures).
+        mapping of further figures). A module may also declare ``pathway_metrics``, the names of
+        the figures it reports (the score's and those of extras like ``bits_per_spike_all``), so
+        that each gets a chart of its own.
         """
         ...
 
@@ -100,6 +102,7 @@ class PathwayAnalysis(EpochEndCallback):
         self.history: dict[str, list[tuple[int, float]]] = {}
         self.latest: Any = None
         self._no_val_reported = False
+        self._figures: tuple[str, ...] = ()
 
     @property
     @override
@@ -109,6 +112,7 @@ class PathwayAnalysis(EpochEndCallback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
+        self._figures = tuple(getattr(pl_module, "pathway_metrics", None) or ())
         if stage == TrainerFn.FITTING and not callable(getattr(pl_module, "analyze_pathways", None)):
             raise TypeError(
                 f"PathwayAnalysis needs {type(pl_module).__name__}.analyze_pathways(dataloader, "
@@ -117,7 +121,11 @@ class PathwayAnalysis(EpochEndCallback):
             )
 
     def custom_scalar_layout(self, tag_of: TagOf | None = None) -> Layout:
-        """The pathway charts of the custom-scalars dashboard (the ablation score apart from other figures).
+        """The pathway charts of the custom-scalars dashboard: one per figure, so scales never mix.
+
+        Each figure the module declares in ``pathway_metrics`` (e.g. ``("corr", "bits_per_spike")``)
+        gets a chart of its value with all streams, none and each alone; without the declaration
+        every ``*_all``/``*_none``/``*_alone`` value shares one chart.
 
         Args:
             tag_of: Ignored: the charts match the keys with or without the stream (its own run).
@@ -126,18 +134,18 @@ class PathwayAnalysis(EpochEndCallback):
             ``{category: {chart: ["Multiline", [tag regex, ...]]}}``.
         """
         p = re.escape(self.prefix)
-        score = r"[^/]+_(all|none|alone)"
-        return {
-            f"{self.prefix}: stream ablation": {
-                "score with streams alone, all and none": multiline([rf"^{p}/{score}(/[^/]+)?$"], regex=True),
-                "shapley": multiline([f"^{p}/shapley(/.*)?$"], regex=True),
-                "utilization": multiline([f"^{p}/utilization/.*"], regex=True),
-                "other figures": multiline([rf"^{p}/(?!{score}(/|$)|shapley(/|$)|utilization/)[^/]+$"], regex=True),
-            }
+        figures = {name: re.escape(name) for name in self._figures} or {"score": "[^/]+"}
+        charts = {
+            f"{name}: streams alone, all and none": multiline([rf"^{p}/{regex}_(all|none|alone)(/[^/]+)?$"], regex=True)
+            for name, regex in figures.items()
         }
+        charts["shapley"] = multiline([f"^{p}/shapley(/.*)?$"], regex=True)
+        charts["utilization"] = multiline([f"^{p}/utilization/.*"], regex=True)
+        return {f"{self.prefix}: stream ablation": charts}
 
     @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
         write_merged_layout(trainer, self)
 
     def _flatten(self, report: Any) -> dict[str, float]:

@@ -287,8 +287,22 @@ class StreamMonitor(EpochEndCallback):
         Returns:
             ``{category: {chart: ["Multiline", [tag regex, ...]]}}``.
         """
+        logged = self.latest.keys()
+        measured = {"epochs", "steps", "updates", "predictions", "validation"}
+        measured -= {"predictions"} if self._task is None else set()
+        measured -= {"validation"} if self._val_scores is None else set()
+        if self.log_every_n_steps == 0:
+            measured -= {"steps", "updates"}
         return custom_scalar_layout(
-            self.prefix, self.stream_names, self.track_updates, self.thresholds, tag_of, self._module_keys
+            self.prefix,
+            self.stream_names,
+            self.track_updates,
+            self.thresholds,
+            tag_of,
+            self._module_keys,
+            task=self._task,
+            measured=measured,
+            fusion=any(key.startswith(f"{self.prefix}/fusion/") for key in logged),
         )
 
     @property
@@ -345,7 +359,11 @@ class StreamMonitor(EpochEndCallback):
             self._once("no_logger")
         elif not has_tensorboard(trainer):
             self._once("no_tensorboard", loggers=[type(lg).__name__ for lg in trainer.loggers])
-        write_merged_layout(trainer, self)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        write_merged_layout(trainer, self)  # after the first epoch: what is measured is known
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -174,6 +174,9 @@ class MultiStreamClassifier(StagedSteps, GroupedOptimizationModule):
             }
         )
 
+    pathway_metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
+    """The figure :meth:`analyze_pathways` reports (PathwayAnalysis charts it)."""
+
     stream_metric_keys: ClassVar[dict[str, str]] = {
         "train_{score}": "train/{stream}/acc",
         "val_{score}": "val/{stream}/acc",

@@ -106,6 +106,9 @@ class ModulatedResponseModel(StagedSteps, GroupedOptimizationModule):
     parts_are_peers = False
     """``core``, ``modulator`` and ``readout`` are in series: StreamMonitor does not compare them."""
 
+    pathway_metrics = ("corr", "bits_per_spike")
+    """The figures :meth:`analyze_pathways` reports, each charted apart by PathwayAnalysis."""
+
     @property
     def dashboard_runs(self) -> list[str]:
         """The parts and the sessions get their own TensorBoard run: per-session curves in their own colour."""

@@ -70,9 +70,8 @@ def test_runs_every_n_epochs_and_logs_the_report(tmp_path):
     assert scalars["pathways/utilization/thermal_given_visible"][7] == pytest.approx(0.1)
     assert callback.history["pathways/accuracy_alone/thermal"] == [(1, pytest.approx(0.51)), (3, pytest.approx(0.53))]
     charts = layout_charts(read_layout(trainer.logger.log_dir))
-    titles = ("score with streams alone, all and none", "shapley", "utilization", "other figures")
+    titles = ("score: streams alone, all and none", "shapley", "utilization")
     assert set(charts) == {f"pathways: stream ablation/{c}" for c in titles}
-    # the score chart holds the ablation scores only; the report's other figures have a chart of their own
     (table,) = read_texts(trainer.logger.log_dir, "pathways/table")[-1:]
     assert "| thermal | 0.53 | 0.25 |" in table and "accuracy_all 0.9" in table
 
@@ -145,3 +144,22 @@ def test_state_dict_round_trip_and_validation():
         PathwayAnalysis(every_n_epochs=0)
     with pytest.raises(ValueError, match="prefix"):
         PathwayAnalysis(prefix="")
+
+
+def test_each_declared_figure_gets_a_chart_of_its_own():
+    """The ConvGRU reports correlations and bits per spike: two scales, never in one chart."""
+    import re
+    from types import SimpleNamespace
+
+    callback = PathwayAnalysis(verbose=False)
+    module = SimpleNamespace(pathway_metrics=("corr", "bits_per_spike"), analyze_pathways=lambda *a: None)
+    callback.setup(SimpleNamespace(), module, "fit")
+    (charts,) = callback.custom_scalar_layout().values()
+    keys = ["pathways/corr_all", "pathways/corr_alone/frames", "pathways/bits_per_spike_none", "pathways/shapley/x"]
+    drawn = {title: [k for k in keys if any(re.match(r, k) for r in chart[1])] for title, chart in charts.items()}
+    assert drawn == {
+        "corr: streams alone, all and none": ["pathways/corr_all", "pathways/corr_alone/frames"],
+        "bits_per_spike: streams alone, all and none": ["pathways/bits_per_spike_none"],
+        "shapley": ["pathways/shapley/x"],
+        "utilization": [],
+    }
