@@ -566,6 +566,32 @@ return pending;
 """
 
 
+_SHOW_ALL_HPARAMS_JS = """
+const deep = (root, selector) => {
+  const found = root.querySelector(selector);
+  if (found) return found;
+  for (const el of root.querySelectorAll('*')) {
+    if (el.shadowRoot) { const inner = deep(el.shadowRoot, selector); if (inner) return inner; }
+  }
+  return null;
+};
+const pane = deep(document, 'tf-hparams-query-pane');
+if (!pane || !pane._hparams) return -1;
+let changed = 0;
+pane._hparams.forEach((hparam, i) => {
+  if (!hparam.displayed) { pane.set('_hparams.' + i + '.displayed', true); changed += 1; }
+});
+return changed;
+"""
+
+
+def _show_all_hparams(driver: WebDriver, timeout: float) -> None:
+    """Tick every hyper-parameter in the HParams pane (TensorBoard shows only the first five by default)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: d.execute_script(_SHOW_ALL_HPARAMS_JS) == 0)
+
+
 def _expand_matches(driver: WebDriver, timeout: float) -> None:
     """Open every Custom Scalars chart's "Matches" list (its legend: one "tag (run)" line per series)."""
     from selenium.webdriver.support.ui import WebDriverWait
@@ -642,6 +668,10 @@ def capture(
         raise DashboardError(f"{tab} did not render within {timeout:.0f} s at {url}: waiting for {waiting}") from error
     if tab == "custom_scalars":
         _expand_matches(driver, timeout)
+    if tab == "hparams":
+        _show_all_hparams(driver, timeout)
+        condition = _RenderedAndStable(tab, expected)  # the table grows by the columns just ticked
+        WebDriverWait(driver, timeout, poll_frequency=0.25).until(condition)
     time.sleep(settle)
     screenshot = None
     if out_dir is not None:

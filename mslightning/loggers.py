@@ -37,26 +37,22 @@ _BOOKKEEPING = ("_instantiator", "_class_path", "optimizer", "param_groups")
 Mode = Literal["max", "min"]
 
 
-def _short(value: Any) -> Any:
-    """A hyper-parameter as one readable cell: a class as its name, a flat mapping or list joined; else None."""
-    if isinstance(value, bool | int | float | str):
-        return value
+def _part(value: Any) -> str | None:
+    """A constructor argument that names a part: a class (its name) or a name such as ``"resnet18"``."""
     if isinstance(value, Mapping) and "class_path" in value:
         return str(value["class_path"]).rpartition(".")[2]
-    if isinstance(value, Mapping) and value and all(isinstance(v, bool | int | float | str) for v in value.values()):
-        return ", ".join(f"{k}={v}" for k, v in value.items())
-    if isinstance(value, list | tuple) and value and all(isinstance(v, bool | int | float | str) for v in value):
-        return ", ".join(str(v) for v in value)
-    return None
+    return value if isinstance(value, str) else None
 
 
 def readable_hparams(module: pl.LightningModule) -> dict[str, Any]:
     """The hyper-parameters a person compares runs by, one readable value each.
 
-    ``family`` (the module class), every constructor argument that reads as one cell (numbers,
-    strings, a class as its name: ``fusion: WeightedFusion``), the optimizer class, and ``lr/<group>``
-    and ``weight_decay/<group>`` of every named param group as the optimizer holds them (inherited
-    values filled in, the lr before any schedule; no-decay sub-groups left out).
+    ``family`` (the module class), the parts it was built from (constructor arguments that are a
+    class, as its name: ``fusion: WeightedFusion``, or a name: ``backbone: resnet18``), the
+    optimizer class, and ``lr/<group>`` and ``weight_decay/<group>`` of every named param group as
+    the optimizer holds them (inherited values filled in, the lr before any schedule; no-decay
+    sub-groups left out). Numeric settings stay in ``hparams.yaml``: a table of a dozen columns
+    is read at a glance, one of forty is not.
 
     Args:
         module: A LightningModule, after its optimizers were configured (``trainer.optimizers``).
@@ -68,7 +64,7 @@ def readable_hparams(module: pl.LightningModule) -> dict[str, Any]:
     for key, value in dict(module.hparams).items():
         if key in _BOOKKEEPING:
             continue
-        cell = _short(value.as_dict() if callable(getattr(value, "as_dict", None)) else value)
+        cell = _part(value.as_dict() if callable(getattr(value, "as_dict", None)) else value)
         if cell is not None:
             readable[key] = cell
     trainer = module._trainer

@@ -346,8 +346,8 @@ def custom_scalar_layout(
         thresholds: The advice thresholds, named in the titles of the charts they are drawn on.
         tag_of: The TensorBoard tag a logged key is written under (a logger that writes each
             stream to its own run drops the stream from the key); default: the key itself.
-        module_keys: Metrics the module logs itself (metric name -> key with ``{stream}``), charted
-            from the module's keys.
+        module_keys: Metrics the module logs itself (metric name -> key with ``{stream}``): the
+            module charts them (its own ``custom_scalar_layout``), so they are left out here.
         task: The task of the per-stream outputs, when known.
         measured: What the run measures (see :attr:`MetricSpec.needs`).
         fusion: Whether to chart the module's fusion internals.
@@ -380,18 +380,23 @@ def custom_scalar_layout(
     layout: dict[str, dict[str, list[Any]]] = {}
     for spec in sorted(METRICS, key=lambda spec: spec.name not in limits):  # charts with thresholds first
         over = streams if spec.over == "stream" else pairs
-        if not _available(spec, measured) or not over:
+        if not _available(spec, measured) or not over or spec.name in module_keys:  # the module charts its own
             continue
         title = _title(spec.name) + (f" ({_limits_text(limits[spec.name])})" if spec.name in limits else "")
         if spec.needs == "predictions" and not spec.name.startswith("train_"):
             title += " (train)"  # beside validation charts, say where it comes from
         layout.setdefault(f"{prefix}: {spec.chart}", {})[title] = multiline(tags(spec.name, over), regex=True)
-    if {"predictions", "validation"} <= measured:
+    pairs_of_stages = [
+        (title, metric)
+        for title, metric in (("score", "{score}"), ("loss", "loss"))
+        if not {f"train_{metric}", f"val_{metric}"} <= set(module_keys)
+    ]
+    if {"predictions", "validation"} <= measured and pairs_of_stages:
         layout[f"{prefix}: train vs val"] = {
             f"{title}: train vs val": multiline(
                 [*tags(f"train_{metric}", streams), *tags(f"val_{metric}", streams)], regex=True
             )
-            for title, metric in (("score", "{score}"), ("loss", "loss"))
+            for title, metric in pairs_of_stages
         }
     if fusion:
         layout[f"{prefix}: fusion"] = {"fusion internals": multiline([f"^{re.escape(prefix)}/fusion/.*"], regex=True)}
