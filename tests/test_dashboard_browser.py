@@ -18,21 +18,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "dashboard_screenshots.py"
 PACKAGES = ("chromium", "chromium-driver")
 
-VERDICT_HEADER = ["stream", "rule", "state", "value", "threshold", "knob"]
-VERDICT_ROWS = [
-    ["rgb", "overfit", "warning", "1.31", "1.0", "weight_decay"],
-    ["depth", "not_learning", "ok", "0.02", "0.05", "lr"],
-]
-HPARAMS = {"lr": 0.001, "batch_size": 32, "optimizer": "adamw"}
-METRICS = {"hp/best_val_acc": 0.81, "hp/best_val_loss": 0.42}
-STREAM_STEPS = (4, 9, 14)
-SCORE_STEPS = (15, 31)
+STREAMS = ("rgb", "depth")
+TIME_SERIES_FILTER = "^(streams/(overfit_score|grad_norm)|val/acc)$"
 
 
 def _load():
@@ -46,53 +37,57 @@ def _load():
 shots = _load()
 
 
-def build_fake_run(root: Path) -> Path:
-    """A finished run in the layout the stream monitor writes, as TensorBoard files under ``root``.
+def train_run(root: Path) -> Path:
+    """A real, tiny fit of the RGB-D classifier with the dashboard parts, logged under ``root``.
 
-    ``version_0/`` holds the training run (``train/loss``, ``epoch``, the ``streams/verdict`` markdown table,
-    the hparams summaries and their ``hp/*`` metrics as Lightning's TensorBoardLogger writes them, and a
-    custom-scalars layout); ``version_0/rgb`` and ``version_0/depth`` each log the same tags
-    ``streams/grad_norm`` and ``streams/overfit_score``; ``version_0/threshold`` logs the overfit threshold.
-    A real training run can replace this function.
+    StreamTensorBoardLogger (one run per stream), StreamMonitor, PathwayAnalysis and
+    GroupLearningRateMonitor, 3 epochs on 16 px synthetic streams where depth carries the signal.
 
     Returns:
         The log directory to serve (``root``).
     """
-    run = root / "version_0"
-    with SummaryWriter(str(run)) as writer:
-        for step, (loss, epoch) in zip(STREAM_STEPS, [(1.2, 0), (0.8, 1), (0.6, 2)], strict=True):
-            writer.add_scalar("train/loss", loss, step)
-            writer.add_scalar("epoch", epoch, step)
-        table = [
-            "| " + " | ".join(VERDICT_HEADER) + " |",
-            "|" + "---|" * len(VERDICT_HEADER),
-            *("| " + " | ".join(row) + " |" for row in VERDICT_ROWS),
-        ]
-        writer.add_text("streams/verdict", "\n".join(table), SCORE_STEPS[-1])
-        writer.add_custom_scalars(
-            {
-                "streams": {
-                    "grad norm per stream": ["Multiline", ["streams/grad_norm"]],
-                    "overfit score": ["Multiline", ["streams/overfit_score"]],
-                }
-            }
-        )
-        # TensorBoardLogger.log_hyperparams: experiment, session start and session end summaries, then the
-        # metric values as ordinary scalars under the same tags.
-        file_writer = writer._get_file_writer()
-        for summary in hparams(HPARAMS, dict.fromkeys(METRICS, 0)):
-            file_writer.add_summary(summary)
-        for tag, value in METRICS.items():
-            writer.add_scalar(tag, value, SCORE_STEPS[-1])
-    for name, grad_norms, scores in (("rgb", (0.5, 0.9, 0.7), (0.4, 1.3)), ("depth", (0.2, 0.3, 0.25), (0.1, 0.2))):
-        with SummaryWriter(str(run / name)) as writer:
-            for step, value in zip(STREAM_STEPS, grad_norms, strict=True):
-                writer.add_scalar("streams/grad_norm", value, step)
-            for step, value in zip(SCORE_STEPS, scores, strict=True):
-                writer.add_scalar("streams/overfit_score", value, step)
-    with SummaryWriter(str(run / "threshold")) as writer:
-        for step in SCORE_STEPS:
-            writer.add_scalar("streams/overfit_score", 1.0, step)
+    import functools
+
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from mslightning.callbacks import GroupLearningRateMonitor, PathwayAnalysis, StreamMonitor
+    from mslightning.data import SyntheticStreamsDataModule
+    from mslightning.loggers import StreamTensorBoardLogger
+    from mslightning.modules import MultiStreamClassifier
+    from mslightning.nn import WeightedFusion
+
+    pl.seed_everything(0, verbose=False)
+    data = SyntheticStreamsDataModule(
+        streams={"rgb": 3, "depth": 1},
+        signal={"rgb": 0.3, "depth": 1.0},
+        num_classes=3,
+        image_size=16,
+        train_size=64,
+        val_size=32,
+        test_size=16,
+        batch_size=16,
+    )
+    model = MultiStreamClassifier(
+        streams={"rgb": 3, "depth": 1}, num_classes=3, fusion=functools.partial(WeightedFusion, dim=16)
+    )
+    trainer = pl.Trainer(
+        default_root_dir=root,
+        accelerator="cpu",
+        max_epochs=3,
+        log_every_n_steps=2,
+        logger=StreamTensorBoardLogger(root, name="", version=0),
+        callbacks=[
+            GroupLearningRateMonitor(),
+            ModelCheckpoint(dirpath=root / "ckpt", monitor="val/fused/acc", mode="max"),
+            StreamMonitor(verbose=False),
+            PathwayAnalysis(every_n_epochs=1, verbose=False),
+        ],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, data)
     return root
 
 
@@ -122,62 +117,90 @@ def browser_installed():
 @pytest.fixture(scope="module")
 def pages(browser_installed, tmp_path_factory):
     """Each tab of the fake run, opened once: tab name to PageContent (with its screenshot)."""
-    logdir = build_fake_run(tmp_path_factory.mktemp("tb_logs"))
+    logdir = train_run(tmp_path_factory.mktemp("tb_logs"))
     out_dir = tmp_path_factory.mktemp("shots")
-    filters = {"timeseries": "streams/"}
+    filters = {"timeseries": TIME_SERIES_FILTER}
     with shots.serve_tensorboard(logdir) as base_url, shots.open_browser(1600, 1000) as driver:
         return {tab: shots.capture(driver, base_url, tab, out_dir, tag_filter=filters.get(tab)) for tab in shots.TABS}
 
 
-def test_time_series_shows_the_per_stream_runs_in_one_card(pages):
+def test_time_series_overlays_the_streams_with_their_thresholds(pages):
     page = pages["timeseries"]
-    assert page.settings == {"smoothing": 0, "ignore_outliers": False, "tag_filter": "streams/"}
-    assert page.titles == ["streams/grad_norm", "streams/overfit_score"]
-    assert {"version_0/rgb", "version_0/depth"} <= set(page.runs)
+    assert page.settings == {"smoothing": 0, "ignore_outliers": False, "tag_filter": TIME_SERIES_FILTER}
+    assert sorted(page.titles) == ["streams/grad_norm", "streams/overfit_score", "val/acc"]
+    # one card per metric, a line per stream (its own run), the advice threshold as a line of its own
     assert sorted(page.legends["streams/grad_norm"]) == ["version_0/depth", "version_0/rgb"]
-    assert sorted(page.legends["streams/overfit_score"]) == ["version_0/depth", "version_0/rgb", "version_0/threshold"]
-    assert page.lines == {"streams/grad_norm": 2, "streams/overfit_score": 3}
-    # a run keeps its run-selector colour in every card's legend, and the two streams differ
+    assert sorted(page.legends["streams/overfit_score"]) == [
+        "version_0/depth",
+        "version_0/rgb",
+        "version_0/threshold_upper",
+    ]
+    assert sorted(page.legends["val/acc"]) == ["version_0/depth", "version_0/fused", "version_0/rgb"]
+    assert page.lines == {"streams/grad_norm": 2, "streams/overfit_score": 3, "val/acc": 3}
+    # a stream keeps its colour in every card's legend, and the streams differ
     for title, runs in page.legends.items():
         for run in runs:
             assert page.legend_colors[f"{title}: {run}"] == page.run_colors[run]
-    assert page.run_colors["version_0/rgb"] != page.run_colors["version_0/depth"]
+    colours = [page.run_colors[f"version_0/{name}"] for name in (*STREAMS, "fused", "threshold_upper")]
+    assert len(set(colours)) == len(colours)
 
 
-def test_custom_scalars_draws_the_layout_charts(pages):
+def test_custom_scalars_groups_by_question_with_thresholds_in_the_titles(pages):
     page = pages["custom_scalars"]
     assert page.settings == {"smoothing": 0, "ignore_outliers": False}
-    assert page.titles == ["grad norm per stream", "overfit score"]
-    assert sorted(page.legends["grad norm per stream"]) == [
-        "streams/grad_norm (version_0/depth)",
-        "streams/grad_norm (version_0/rgb)",
+    assert {
+        "accuracy: train vs val",
+        "overfit_score (warning above 1)",
+        "update_ratio (healthy 0.0001 .. 0.1)",
+        "grad_norm_ratio (healthy 0.2 .. 5)",
+        "discrepancy_ratio (train)",
+        "accuracy: streams alone, all and none",
+    } <= set(page.titles)
+    # no chart is empty, and no tag is drawn by two charts
+    assert all(page.lines[title] >= 1 for title in page.titles), page.lines
+    series = [entry for entries in page.legends.values() for entry in entries]
+    assert len(series) == len(set(series)), sorted(series)
+    assert sorted(page.legends["overfit_score (warning above 1)"]) == [
+        "streams/overfit_score (version_0/depth)",
+        "streams/overfit_score (version_0/rgb)",
+        "streams/overfit_score (version_0/threshold_upper)",
     ]
-    assert len(page.legends["overfit score"]) == 3
-    assert page.lines["grad norm per stream"] >= 2 and page.lines["overfit score"] >= 3
     # each series is drawn in its run's colour (Custom Scalars colours by run, not by run and tag)
     for name, color in page.legend_colors.items():
         run = name.rsplit("(", 1)[1].rstrip(")")
         assert color.replace(" ", "") == _rgb(page.run_colors[run]), name
 
 
-def test_text_shows_the_verdict_table(pages):
+def test_text_shows_the_verdict_table_first_then_the_ablation(pages):
     page = pages["text"]
-    assert page.titles == ["streams/verdict/text_summary"]
-    assert page.legends["streams/verdict/text_summary"] == ["version_0"]
-    assert page.tables == [[VERDICT_HEADER, *VERDICT_ROWS]]
-    for cell in (*VERDICT_HEADER, *VERDICT_ROWS[0], *VERDICT_ROWS[1]):
-        assert cell in page.texts[0]
+    assert page.titles[:2] == ["advice/streams/text_summary", "pathways/table/text_summary"]
+    verdict, *_, ablation = page.tables
+    assert verdict[0][:5] == ["rule", "threshold", "knob", *STREAMS]
+    rules = {row[0]: row for row in verdict[1:]}
+    assert {"overfitting", "too_fast", "nonfinite"} <= set(rules)
+    assert rules["overfitting"][1] == "> 1"
+    for cell in rules["overfitting"][3:5]:  # each stream's state and value
+        assert cell.split(":")[0] in ("ok", "pending (1 of 2 epochs)", "pending (2 of 2 epochs)") or cell.startswith(
+            "warning"
+        )
+    assert ablation[0] == ["stream", "accuracy alone", "Shapley value"]
+    assert sorted(row[0] for row in ablation[1:]) == sorted(STREAMS)
+    assert "Epoch 2" in page.texts[0]
 
 
-def test_hparams_lists_the_hyperparameters_and_metrics(pages):
+def test_hparams_name_the_groups_and_show_real_metrics(pages):
     page = pages["hparams"]
-    assert {*HPARAMS, *METRICS} <= set(page.columns)
-    assert len(page.rows) == 1
-    row = dict(zip(page.columns, page.rows[0], strict=True))
+    groups = ("rgb", "depth", "fusion", "head")
+    expected = {"family", "fusion", "optimizer", *(f"lr/{g}" for g in groups), *(f"weight_decay/{g}" for g in groups)}
+    assert expected <= set(page.columns)
+    assert {"best/val/fused/acc", "best/val/rgb/acc", "best/val/depth/acc"} <= set(page.columns)
+    assert not [c for c in page.columns if c.startswith("_") or "hp_metric" in c or "param_groups" in c]
+    (cells,) = page.rows
+    row = dict(zip(page.columns, cells, strict=True))
     assert row["Trial ID"] == "version_0"
-    assert row["optimizer"] == "adamw"
-    for name, value in {**METRICS, "lr": HPARAMS["lr"], "batch_size": HPARAMS["batch_size"]}.items():
-        assert float(row[name]) == pytest.approx(value), name
+    assert (row["family"], row["fusion"], row["optimizer"]) == ("MultiStreamClassifier", "WeightedFusion", "AdamW")
+    assert float(row["lr/rgb"]) == pytest.approx(1e-3)
+    assert 0 <= float(row["best/val/fused/acc"]) <= 1
 
 
 @pytest.mark.parametrize("tab", shots.TABS)
@@ -196,7 +219,11 @@ def test_screenshot_is_a_full_page(pages, tab):
 def test_tensorboard_ends_with_the_block_and_a_bad_logdir_is_named(tmp_path):
     with pytest.raises(shots.DashboardError, match="no log directory"), shots.serve_tensorboard(tmp_path / "missing"):
         pass
-    with shots.serve_tensorboard(build_fake_run(tmp_path / "logs")) as base_url:
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(tmp_path / "logs" / "run")) as writer:
+        writer.add_scalar("loss", 1.0, 0)
+    with shots.serve_tensorboard(tmp_path / "logs") as base_url:
         assert urllib.request.urlopen(base_url + "data/runs", timeout=5).status == 200
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(base_url + "data/runs", timeout=5)
