@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo demo-siamese demo-convgru demo-groups test lint bench install clean
+.PHONY: demo demo-siamese demo-convgru demo-groups test lint bench install clean dashboard-screenshots
 
 # Re-install whenever pyproject.toml changes (the stamp is older than it).
 $(INSTALLED): pyproject.toml
@@ -35,6 +35,11 @@ demo-convgru: $(INSTALLED)
 	$(VENV)/bin/mslightning fit --config $(CONVGRU_CONFIG)
 	$(VENV)/bin/mslightning validate --config $(CONVGRU_CONFIG) --ckpt_path best
 	$(VENV)/bin/mslightning predict --config $(CONVGRU_CONFIG) --ckpt_path best
+
+# Fits each family's synthetic config and photographs its TensorBoard in headless Chromium (Debian's
+# chromium + chromium-driver) into docs/dashboard/<family>/; about 10 minutes.
+dashboard-screenshots: $(INSTALLED)
+	$(PY) examples/dashboard_docs.py
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q

@@ -95,8 +95,9 @@ class StreamTensorBoardLogger(TensorBoardLogger):
     **Runs.** A logged key with a segment that is a run name (a stream, ``<a>_vs_<b>`` for a pair
     of streams, or another declared output such as ``fused``) is written to that run,
     ``<log_dir>/<run>``, under the key without that segment; every other key goes to the training
-    run as usual. Run names are ``streams`` plus what the module declares: ``dashboard_runs`` if
-    it has it, else the keys of its ``stream_patterns``. Other loggers and
+    run as usual. Run names are ``streams``, the streams a
+    :class:`~mslightning.callbacks.StreamMonitor` watches, and what the module declares:
+    ``dashboard_runs`` if it has it, else the keys of its ``stream_patterns``. Other loggers and
     ``trainer.callback_metrics`` keep the full keys (``EarlyStopping(monitor="streams/overfit_score/rgb")``).
 
     **HParams.** Lightning logs the module's constructor arguments as they are stored (groups by

@@ -355,6 +355,9 @@ class StreamMonitor(EpochEndCallback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._bind(trainer, pl_module)
+        for logger in trainer.loggers:  # a logger with a run per stream learns the streams watched here
+            if callable(getattr(logger, "add_runs", None)):
+                logger.add_runs(self.stream_names)
         if not trainer.loggers:
             self._once("no_logger")
         elif not has_tensorboard(trainer):
