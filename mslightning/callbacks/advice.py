@@ -238,10 +238,11 @@ class Verdict:
     Attributes:
         kind: The rule (see :data:`KINDS`).
         stream: The stream, or ``"all"`` for the model-wide ``not_learning``.
-        state: ``"ok"``, ``"information"`` (``frozen``), ``"pending (1 of 2 epochs)"`` (the
-            condition held but not yet for ``patience`` epochs), ``"warning (3 epochs)"``, or
-            ``"warning, clearing (1 of 2 epochs)"`` (reported, and the condition failed for fewer
-            than ``patience`` epochs).
+        state: ``"ok"``, ``"ok (set aside: overfitting first)"`` (the value is past the threshold,
+            but a root cause judged earlier explains it, see the module docstring),
+            ``"information"`` (``frozen``), ``"pending (1 of 2 epochs)"`` (the condition held but
+            not yet for ``patience`` epochs), ``"warning (3 epochs)"``, or ``"warning, clearing (1
+            of 2 epochs)"`` (reported, and the condition failed for fewer than ``patience`` epochs).
         value: The measured value the rule compares, or None when it has none.
         threshold: The comparison, e.g. ``"> 1"`` (relaxed by ``release`` while reported).
         knob: What to change when it warns, e.g. ``"lr down"``.
@@ -461,24 +462,49 @@ class Advisor:
             return threshold
         return threshold * self.thresholds.release if upward else threshold / self.thresholds.release
 
-    def _threshold_text(self, kind: str, stream: str, ev: EpochEvidence) -> str:
-        comparison, field_name, upward, _ = _LIMITS[kind]
+    def _limit(self, kind: str, stream: str) -> float | None:
+        """The threshold the rule compares ``stream``'s value with now (relaxed while reported)."""
+        _, field_name, upward, _ = _LIMITS[kind]
         if field_name is None:
-            return f"{comparison} 0" if comparison else ""
+            return 0.0 if kind == "nonfinite" else None
         limit = getattr(self.thresholds, field_name)
+        return limit if kind == "not_learning" else self._relaxed(kind, stream, limit, upward)
+
+    def _threshold_text(self, kind: str, stream: str, ev: EpochEvidence) -> str:
+        comparison, limit = _LIMITS[kind][0], self._limit(kind, stream)
+        if limit is None:
+            return ""
         if kind == "not_learning":
             return f"{comparison} {_fmt(limit)} of chance"
-        text = f"{comparison} {_fmt(self._relaxed(kind, stream, limit, upward))}"
+        text = f"{comparison} {_fmt(limit)}"
         if kind == "too_fast" and stream in ev.pretrained:
             text += f", or lr > {_fmt(self.thresholds.pretrained_lr_ratio)}x the fresh parts'"
         return text
+
+    def _set_aside(self, kind: str, stream: str, value: float | None, limit: float | None) -> str | None:
+        """Why a value past its threshold is no warning: a root cause judged earlier explains it."""
+        comparison = _LIMITS[kind][0]
+        crossed = {">": lambda v, t: v > t, ">=": lambda v, t: v >= t, "<": lambda v, t: v < t}.get(comparison)
+        if crossed is None or value is None or limit is None or not crossed(value, limit):
+            return None
+        earlier = [v for v in self.verdicts if v.kind != kind and not v.state.startswith("ok")]
+        own = next((v.kind for v in earlier if v.stream == stream), None)
+        if own is not None:
+            return f"set aside: {own} first"
+        other = next((v for v in earlier if v.kind in ("too_fast", "slow", "stalled")), None)
+        if other is not None:
+            return f"set aside while {other.stream} is {other.kind}"
+        return "set aside: converged or compared with no peer"
 
     def _verdict(
         self, kind: str, stream: str, raw: bool | None, value: float | None, threshold: str, flag: _Flag
     ) -> Verdict:
         patience = 1 if kind in _IMMEDIATE else self.thresholds.patience
+        set_aside = self._set_aside(kind, stream, value, self._limit(kind, stream)) if raw is False else None
         if kind == "frozen":
             state = "information" if flag.active else "ok"
+        elif set_aside is not None and not flag.active:
+            state = f"ok ({set_aside})"
         elif flag.active and raw is False:
             state = f"warning, clearing ({flag.off_streak} of {patience} epochs)"
         elif flag.active:

@@ -437,13 +437,16 @@ def verdict_rows(verdicts: Sequence[Verdict], streams: Sequence[str]) -> tuple[l
     by_kind: dict[str, dict[str, Verdict]] = {}
     for verdict in verdicts:
         by_kind.setdefault(verdict.kind, {})[verdict.stream] = verdict
+    by_kind = {
+        kind: cells
+        for kind, cells in by_kind.items()
+        if not all(v.state == "ok" and v.value is None for v in cells.values())
+    }
     columns = list(streams)
     if any("all" in cells for cells in by_kind.values()):
         columns.append("all")
     rows = []
     for kind, cells in by_kind.items():
-        if all(v.state == "ok" and v.value is None for v in cells.values()):
-            continue
         thresholds = [v.threshold for v in cells.values()]
         row_threshold = max(set(thresholds), key=thresholds.count)
         row = [kind, row_threshold, next(iter(cells.values())).knob]

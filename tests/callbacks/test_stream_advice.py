@@ -518,3 +518,53 @@ def test_too_fast_from_large_input_scale_points_at_normalisation():
     # the same gradients at a 100x larger lr than rgb's: the lr explains them, no hint at the inputs
     (rec,) = Advisor(StreamThresholds()).advise(dataclasses.replace(ev, lr={"rgb": 1e-3, "depth": 0.1}))
     assert (rec.kind, rec.stream) == ("too_fast", "depth") and "normalising" not in rec.message
+
+
+def _cell(advisor, kind, stream="depth"):
+    (verdict,) = [v for v in advisor.verdicts if v.kind == kind and v.stream == stream]
+    return verdict
+
+
+def test_verdicts_show_pending_warning_and_clearing_with_the_threshold_in_use():
+    advisor = Advisor(StreamThresholds(patience=2, release=0.8))
+    states = []
+    for epoch, score in enumerate([1.5, 1.6, 0.5, 0.5]):
+        advisor.advise(_evidence(epoch, overfit_score={"rgb": 0.1, "depth": score}))
+        verdict = _cell(advisor, "overfitting")
+        states.append((verdict.state, verdict.value, verdict.threshold))
+        assert verdict.knob == "weight_decay up or lr down"
+    assert states == [
+        ("pending (1 of 2 epochs)", 1.5, "> 1"),
+        ("warning (2 epochs)", 1.6, "> 1"),
+        ("warning, clearing (1 of 2 epochs)", 0.5, "> 0.8"),  # relaxed while reported
+        ("ok", 0.5, "> 0.8"),
+    ]
+    assert _cell(advisor, "overfitting", "rgb").state == "ok"
+
+
+def test_a_value_past_its_threshold_explained_by_a_root_cause_is_set_aside_not_ok():
+    advisor = Advisor(StreamThresholds(patience=1))
+    advisor.advise(_evidence(0, overfit_score={"rgb": 0.1, "depth": 3.0}, grad_norm={"rgb": 1.0, "depth": 9.0}))
+    assert _cell(advisor, "overfitting").state.startswith("warning")
+    dominant = _cell(advisor, "dominant")
+    assert dominant.value == pytest.approx(9.0) and dominant.threshold == ">= 5"
+    assert dominant.state == "ok (set aside: overfitting first)"  # not a bare "ok" next to 9 >= 5
+    # rgb is not judged: its only peer is set aside as the reference
+    assert not [v for v in advisor.verdicts if v.kind == "dominant" and v.stream == "rgb"]
+
+
+def test_verdict_table_is_rule_by_stream_with_warnings_in_bold():
+    from mslightning.callbacks.monitor_metrics import markdown_table, verdict_records, verdict_rows
+
+    advisor = Advisor(StreamThresholds(patience=1))
+    advisor.advise(_evidence(0, overfit_score={"rgb": 0.1, "depth": 3.0}))
+    header, rows = verdict_rows(advisor.verdicts, STREAMS)
+    assert header == ["rule", "threshold", "knob", "rgb", "depth"]  # no empty "all" column
+    overfitting = next(row for row in rows if row[0] == "overfitting")
+    assert overfitting == ["overfitting", "> 1", "weight_decay up or lr down", "ok: 0.1", "warning (1 epoch): 3"]
+    assert not [row for row in rows if row[0] in ("frozen", "not_optimized")]  # ok with nothing to show
+    table = markdown_table(header, rows)
+    assert "| **warning (1 epoch): 3** |" in table and table.splitlines()[1] == "|---|---|---|---|---|"
+    long_header, records = verdict_records(advisor.verdicts)
+    assert long_header == ["stream", "rule", "state", "value", "threshold", "knob"]
+    assert records[0][:3] == ["depth", "overfitting", "warning (1 epoch)"]  # warnings first
