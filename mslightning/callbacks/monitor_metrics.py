@@ -378,7 +378,12 @@ def custom_scalar_layout(
         return list(dict.fromkeys(regexes))
 
     layout: dict[str, dict[str, list[Any]]] = {}
-    for spec in sorted(METRICS, key=lambda spec: spec.name not in limits):  # charts with thresholds first
+    # decisions first: memorising, then the gradient signal, then the updates; thresholded charts first in each
+    order = ("overfitting", "gradients", "weights and updates", "balance")
+    ranked = sorted(
+        METRICS, key=lambda spec: (order.index(spec.chart) if spec.chart in order else 9, spec.name not in limits)
+    )
+    for spec in ranked:
         over = streams if spec.over == "stream" else pairs
         if not _available(spec, measured) or not over or spec.name in module_keys:  # the module charts its own
             continue
