@@ -11,7 +11,7 @@ What it adds to Lightning's ``LightningCLI``:
 
 * **Every fit writes into its own run directory** (the logger's ``<save_dir>/<name>/version_N``,
   checkpoints in its ``checkpoints/``); ``validate``/``test``/``predict`` of one of its
-  checkpoints write into ``version_N/<subcommand>`` (labelled, not posing as a new training
+  checkpoints write into ``version_N/<subcommand>_<K>`` (labelled, not posing as a new training
   run), and ``--ckpt_path best`` / ``--ckpt_path last`` in a new process mean the best / last
   checkpoint of the latest run of this config (the newest checkpoint under its logger's runs),
   printed before it is used. A ``ModelCheckpoint`` with an explicit ``dirpath`` that already
@@ -363,35 +363,34 @@ class MSLightningCLI(LightningCLI):
     def _label_evaluation_run(self) -> None:
         """Write an evaluation where it does not pose as a training run.
 
-        With ``--ckpt_path`` inside a run (``<save_dir>/<name>/<version>/checkpoints/``) the
-        logger writes into ``<version>/<subcommand>`` (TensorBoard shows the run
-        ``version_3/validate`` beside the training run it evaluates); otherwise into
-        ``<subcommand>_<N>``, not into the next ``version_<N>``. A logger given an explicit
-        ``version`` is left alone.
+        With ``--ckpt_path`` inside a run (``<save_dir>/<name>/<version>/checkpoints/``) each
+        TensorBoard or CSV logger writes into ``<version>/<subcommand>_<K>`` (TensorBoard shows the
+        run ``version_3/validate_0`` beside the training run it evaluates; a second validation is
+        ``validate_1``); otherwise into ``<subcommand>_<K>``, never into the next ``version_<N>``.
+        A logger given an explicit ``version`` is left alone.
         """
-        logger = self.trainer.logger
-        if not isinstance(logger, TensorBoardLogger | CSVLogger) or logger._version is not None:
-            return
-        root = Path(logger.root_dir)
         ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
         checkpoint = Path(ckpt_path).resolve() if ckpt_path else None
-        if (
-            checkpoint is not None
-            and checkpoint.parent.name == "checkpoints"
-            and checkpoint.parents[2] == root.resolve()
-        ):
-            version = f"{checkpoint.parents[1].name}/{self.subcommand}"
-        else:
-            taken = {p.name for p in root.glob(f"{self.subcommand}_*")} if root.is_dir() else set()
-            version = next(
-                f"{self.subcommand}_{n}" for n in range(len(taken) + 1) if f"{self.subcommand}_{n}" not in taken
-            )
-        logger._version = version  # read when the run directory is first used, after this hook
-        if isinstance(logger, TensorBoardLogger) and self.trainer.is_global_zero:
-            what = f"checkpoint {ckpt_path}" if ckpt_path else "untrained weights (no --ckpt_path)"
-            if self._checkpoint is not None:
-                what += f" (epoch {self._checkpoint.get('epoch')}, step {self._checkpoint.get('global_step')})"
-            logger.experiment.add_text("evaluation", f"`mslightning {self.subcommand}` of {what}", 0)
+        for logger in self.trainer.loggers:
+            if not isinstance(logger, TensorBoardLogger | CSVLogger) or logger._version is not None:
+                continue
+            root = Path(logger.root_dir).resolve()
+            in_run = checkpoint is not None and checkpoint.parent.name == "checkpoints" and len(checkpoint.parents) > 2
+            base = f"{checkpoint.parents[1].name}/" if in_run and checkpoint.parents[2] == root else ""
+            taken = {p.name for p in (root / base).glob(f"{self.subcommand}_*")} if (root / base).is_dir() else set()
+            index = next(k for k in range(len(taken) + 1) if f"{self.subcommand}_{k}" not in taken)
+            logger._version = f"{base}{self.subcommand}_{index}"  # read when the run directory is first used
+
+    def _note_evaluation(self) -> None:
+        """Say in the evaluation's TensorBoard run what it evaluated (its values are at step 0 of that run)."""
+        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        what = f"checkpoint {ckpt_path}" if ckpt_path else "untrained weights (no --ckpt_path)"
+        if self._checkpoint is not None:
+            what += f", saved at epoch {self._checkpoint.get('epoch')}, step {self._checkpoint.get('global_step')}"
+        for logger in self.trainer.loggers:
+            if isinstance(logger, TensorBoardLogger) and self.trainer.is_global_zero:
+                logger.experiment.add_text("evaluation", f"`mslightning {self.subcommand}` of {what}", 0)
+                logger.experiment.flush()
 
     def before_validate(self) -> None:
         """Warn when the weights are untrained (no ``--ckpt_path``); label the evaluation run."""
@@ -430,8 +429,17 @@ class MSLightningCLI(LightningCLI):
         """Tell the user where the TensorBoard logs and the best checkpoint are."""
         self._report_logs()
 
+    def after_test(self) -> None:
+        """Label the evaluation run."""
+        self._note_evaluation()
+
+    def after_predict(self) -> None:
+        """Label the evaluation run."""
+        self._note_evaluation()
+
     def after_validate(self) -> None:
-        """Compare the validation metrics with what the checkpoint recorded when it was saved."""
+        """Label the evaluation run; compare the metrics with what the checkpoint recorded when it was saved."""
+        self._note_evaluation()
         ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
         if self._checkpoint is None or not ckpt_path:
             return

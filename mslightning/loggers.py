@@ -104,8 +104,16 @@ class StreamTensorBoardLogger(TensorBoardLogger):
     position, nested ``class_path`` entries, bookkeeping) with a placeholder ``hp_metric = -1``.
     This logger writes :func:`readable_hparams` instead, at the start of ``fit``, with real metrics:
     ``best/<key>``, the best value so far of every key in the module's ``best_metrics``
-    (``{key: "max" | "min"}``) and of every ``ModelCheckpoint`` monitor. ``hparams.yaml`` is
-    still written as Lightning writes it.
+    (``{key: "max" | "min"}``) and of every ``ModelCheckpoint`` monitor that is logged. ``hparams.yaml``
+    is still written as Lightning writes it. The set-up happens where Lightning hands the logger the
+    module (``log_graph``, at the start of every fit/validate/test): with
+    ``Trainer(enable_autolog_hparams=False)`` it does not, and the runs are only the ``streams`` and
+    those StreamMonitor adds. The best-so-far values count from the start of each ``fit`` (a resumed
+    fit starts over). Keep ``default_hp_metric`` off: on, Lightning writes its own HParams session
+    too.
+
+    A key is split at its first segment that is a run name, so a stream should not share its name
+    with other segments of logged keys (a stream called ``loss`` would take ``train/loss``).
 
     Args:
         save_dir: As for ``TensorBoardLogger``.
@@ -221,6 +229,8 @@ class StreamTensorBoardLogger(TensorBoardLogger):
         trainer = model._trainer
         if trainer is not None and trainer.state.fn == TrainerFn.FITTING:
             self._write_hparams(model, trainer)
+        else:  # an evaluation's values are no training result: they do not move the best-so-far values
+            self._best_modes = {}
         super().log_graph(model, input_array)
 
     def _write_hparams(self, model: pl.LightningModule, trainer: pl.Trainer) -> None:

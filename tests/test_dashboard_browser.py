@@ -150,9 +150,9 @@ def test_custom_scalars_groups_by_question_with_thresholds_in_the_titles(pages):
     assert page.settings == {"smoothing": 0, "ignore_outliers": False}
     assert {
         "accuracy: train vs val",
-        "overfit_score (warning above 1)",
-        "update_ratio (healthy 0.0001 .. 0.1)",
-        "grad_norm_ratio (healthy 0.2 .. 5)",
+        "overfit_score (overfitting above 1)",
+        "update_ratio (stalled below 1e-07, too fast above 0.1)",
+        "grad_norm_ratio (b dominant below 0.2, a dominant above 5)",
         "discrepancy_ratio (train)",
         "accuracy: streams alone, all and none",
     } <= set(page.titles)
@@ -160,7 +160,7 @@ def test_custom_scalars_groups_by_question_with_thresholds_in_the_titles(pages):
     assert all(page.lines[title] >= 1 for title in page.titles), page.lines
     series = [entry for entries in page.legends.values() for entry in entries]
     assert len(series) == len(set(series)), sorted(series)
-    assert sorted(page.legends["overfit_score (warning above 1)"]) == [
+    assert sorted(page.legends["overfit_score (overfitting above 1)"]) == [
         "streams/overfit_score (version_0/depth)",
         "streams/overfit_score (version_0/rgb)",
         "streams/overfit_score (version_0/threshold_upper)",

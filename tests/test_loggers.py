@@ -115,7 +115,7 @@ def test_thresholds_are_lines_in_their_metrics_charts(both_runs):
     for run, tag, value in (
         (upper, "streams/overfit_score", 1.0),
         (upper, "streams/update_ratio", 0.1),
-        (lower, "streams/update_ratio", 1e-4),
+        (lower, "streams/update_ratio", 1e-7),
         (upper, "streams/grad_norm_ratio", 5.0),
         (lower, "streams/grad_norm_ratio", 0.2),
     ):

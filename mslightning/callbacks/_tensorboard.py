@@ -1,13 +1,14 @@
 """TensorBoard helpers shared by the mslightning callbacks: writer lookup and one merged layout.
 
 TensorBoard's custom-scalars dashboard reads only one layout per run, so every callback that
-contributes charts implements :class:`LayoutProvider` and the first of them in the Trainer's
+contributes charts implements :class:`LayoutProvider` and the last of them in the Trainer's
 callback list writes the union of all their layouts (and the LightningModule's, first, when it
 implements the protocol too), once, on rank zero.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, runtime_checkable
@@ -129,12 +130,14 @@ def has_tensorboard(trainer: pl.Trainer) -> bool:
 
 
 def write_merged_layout(trainer: pl.Trainer, caller: object) -> bool:
-    """Write the union of all layout providers' layouts, once per fit, if ``caller`` is the first provider.
+    """Write the union of all layout providers' layouts, once per fit, if ``caller`` is the last provider.
 
-    Call this from every provider's ``on_train_epoch_end``: after the first epoch each provider
-    knows what it logs (the task of the per-stream outputs, whether validation ran), so no chart
-    is left empty. Only the first provider in ``trainer.callbacks`` writes, and only once per
-    Trainer, so the run gets exactly one layout.
+    Call this from every provider at the end of each epoch it handles (not from a hook Lightning
+    replays when resuming): after a first epoch each provider knows what it logs (the task of the
+    per-stream outputs, the fusion's internals), so charts of what the run does not measure are
+    left out. Only the last provider in ``trainer.callbacks`` writes (its epoch's work comes after
+    the others'), and only once per Trainer, so the run gets exactly one layout. A provider whose
+    ``custom_scalar_layout`` takes no argument is called without one.
 
     Args:
         trainer: The running Trainer.
@@ -144,17 +147,20 @@ def write_merged_layout(trainer: pl.Trainer, caller: object) -> bool:
         True if the layout was written here.
     """
     providers = [cb for cb in trainer.callbacks if isinstance(cb, LayoutProvider)]
-    if not providers or providers[0] is not caller or getattr(caller, "_layout_written_for", None) is trainer:
+    if not providers or providers[-1] is not caller or getattr(caller, "_layout_written_for", None) == id(trainer):
         return False
     logger = tensorboard_logger(trainer)
     if logger is None:
         return False
-    caller._layout_written_for = trainer  # type: ignore[attr-defined]
+    caller._layout_written_for = id(trainer)  # type: ignore[attr-defined]
     if isinstance(trainer.lightning_module, LayoutProvider):  # the module's own metrics, charted first
         providers.insert(0, trainer.lightning_module)
     merged: Layout = {}
+    tag = tag_of(logger)
     for provider in providers:
-        for category, charts in provider.custom_scalar_layout(tag_of(logger)).items():
+        takes_tag = bool(inspect.signature(provider.custom_scalar_layout).parameters)
+        layout = provider.custom_scalar_layout(tag) if takes_tag else provider.custom_scalar_layout()
+        for category, charts in layout.items():
             merged.setdefault(category, {}).update(charts)
     logger.experiment.add_custom_scalars(merged)
     return True

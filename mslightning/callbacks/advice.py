@@ -559,7 +559,7 @@ class Advisor:
             if u is None:
                 continue
             if m in settled or m in fast:
-                out["stalled"][m] = out["slow"][m] = (False, u)
+                out["stalled"][m], out["slow"][m] = (False, u), (False, None)  # slow's value is a ratio to peers
                 continue
             # the proxy's scale says nothing about the real update: no absolute verdict on it
             stalled = not ev.update_ratio_is_proxy and u < self._relaxed("stalled", m, t.stall_update_ratio, False)

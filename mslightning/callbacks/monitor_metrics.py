@@ -191,23 +191,39 @@ THRESHOLD_RUNS = ("threshold_upper", "threshold_lower")
 """The TensorBoard runs that draw the advice's thresholds as lines on the charts of their metrics."""
 
 
-def threshold_lines(thresholds: StreamThresholds) -> dict[str, tuple[float | None, float | None]]:
-    """The advice thresholds that can be drawn on a logged metric's chart.
+Limit = tuple[str, float]
+"""A threshold drawn on a chart: ``(what it marks, value)``, e.g. ``("overfitting above", 1.0)``."""
+
+
+def threshold_lines(
+    thresholds: StreamThresholds, compare_streams: bool = True
+) -> dict[str, tuple[Limit | None, Limit | None]]:
+    """The advice thresholds that can be drawn on a logged metric's chart, named by what they mark.
 
     Args:
         thresholds: The monitor's thresholds.
+        compare_streams: Whether the streams are compared (``dominant``); parts in series are not,
+            so their gradient-norm ratio gets no lines.
 
     Returns:
-        Metric name -> ``(lower, upper)`` (None where there is none): ``overfit_score`` warns above
-        ``overfit_score``; ``update_ratio`` is healthy between ``low_update_ratio`` and
-        ``fast_update_ratio``; ``grad_norm_ratio`` of two streams signals dominance outside
-        ``1/dominance_ratio .. dominance_ratio``.
+        Metric name -> ``(lower, upper)`` limit (None where there is none): ``overfit_score``
+        overfits above ``overfit_score``; ``update_ratio`` is stalled below ``stall_update_ratio``
+        and too fast above ``fast_update_ratio`` (one step); ``grad_norm_ratio`` of two streams
+        means dominance outside ``1/dominance_ratio .. dominance_ratio`` (epoch means).
     """
-    return {
-        "overfit_score": (None, thresholds.overfit_score),
-        "update_ratio": (thresholds.low_update_ratio, thresholds.fast_update_ratio),
-        "grad_norm_ratio": (1 / thresholds.dominance_ratio, thresholds.dominance_ratio),
+    lines: dict[str, tuple[Limit | None, Limit | None]] = {
+        "overfit_score": (None, ("overfitting above", thresholds.overfit_score)),
+        "update_ratio": (
+            ("stalled below", thresholds.stall_update_ratio),
+            ("too fast above", thresholds.fast_update_ratio),
+        ),
     }
+    if compare_streams:
+        lines["grad_norm_ratio"] = (
+            ("b dominant below", 1 / thresholds.dominance_ratio),
+            ("a dominant above", thresholds.dominance_ratio),
+        )
+    return lines
 
 
 NOTES: dict[str, tuple[bool, str]] = {
@@ -316,11 +332,8 @@ def _title(name: str) -> str:
     return name.replace("{score}", "score").replace("{confidence}", "confidence")
 
 
-def _limits_text(lines: tuple[float | None, float | None]) -> str:
-    lower, upper = lines
-    if lower is None:
-        return f"warning above {upper:g}"
-    return f"healthy {lower:g} .. {upper:g}"
+def _limits_text(lines: tuple[Limit | None, Limit | None]) -> str:
+    return ", ".join(f"{label} {value:g}" for label, value in (limit for limit in lines if limit is not None))
 
 
 def custom_scalar_layout(
@@ -333,6 +346,7 @@ def custom_scalar_layout(
     task: type[StreamOutputs] | None = None,
     measured: Iterable[Needs] = ("epochs", "steps", "updates", "predictions", "validation"),
     fusion: bool = True,
+    compare_streams: bool = True,
 ) -> Layout:
     """The custom-scalars charts: one chart per metric, a line per stream (or pair), decisions first.
 
@@ -351,13 +365,14 @@ def custom_scalar_layout(
         task: The task of the per-stream outputs, when known.
         measured: What the run measures (see :attr:`MetricSpec.needs`).
         fusion: Whether to chart the module's fusion internals.
+        compare_streams: Whether the streams are compared (thresholds of dominance in the titles).
 
     Returns:
         ``{category: {chart: ["Multiline", [tag regex, ...]]}}``, categories named ``<prefix>: <chart>``.
     """
     tag_of = tag_of or (lambda key: key)
     module_keys = module_keys or {}
-    limits = threshold_lines(thresholds) if thresholds is not None else {}
+    limits = threshold_lines(thresholds, compare_streams) if thresholds is not None else {}
     pairs = _pairs(streams)
     measured = set(measured)
     if not track_updates:
@@ -453,7 +468,7 @@ def verdict_rows(verdicts: Sequence[Verdict], streams: Sequence[str]) -> tuple[l
     rows = []
     for kind, cells in by_kind.items():
         thresholds = [v.threshold for v in cells.values()]
-        row_threshold = max(set(thresholds), key=thresholds.count)
+        row_threshold = max(thresholds, key=thresholds.count)  # the most common; the first on a tie
         row = [kind, row_threshold, next(iter(cells.values())).knob]
         for column in columns:
             verdict = cells.get(column)
@@ -494,6 +509,7 @@ def report_charts(
     streams: Sequence[str],
     task: type[StreamOutputs] | None,
     thresholds: StreamThresholds,
+    compare_streams: bool = True,
 ) -> list[ReportChart]:
     """The static report's charts: the decision metrics per epoch, one line per stream, with thresholds.
 
@@ -503,12 +519,13 @@ def report_charts(
         streams: The stream names.
         task: The task of the per-stream outputs.
         thresholds: The advice thresholds, drawn as lines.
+        compare_streams: Whether the streams are compared (see :func:`threshold_lines`).
 
     Returns:
         Charts of the overfitting score, the validation and training scores, the update ratio,
         the gradient norm, the discrepancy ratio and the learning speed of each pair (those with data).
     """
-    limits = threshold_lines(thresholds)
+    limits = threshold_lines(thresholds, compare_streams)
 
     def lines(metric: str, over: Sequence[str]) -> dict[str, list[tuple[float, float]]]:
         return {
@@ -518,9 +535,7 @@ def report_charts(
         }
 
     def limit_lines(metric: str) -> dict[str, float]:
-        lower, upper = limits.get(metric, (None, None))
-        named = {"healthy from": lower, "warning above": upper} if lower is not None else {"warning above": upper}
-        return {label: value for label, value in named.items() if value is not None}
+        return dict(limit for limit in limits.get(metric, (None, None)) if limit is not None)
 
     score = resolve("{score}", task)
     specs = [

@@ -143,11 +143,6 @@ class PathwayAnalysis(EpochEndCallback):
         charts["utilization"] = multiline([f"^{p}/utilization/.*"], regex=True)
         return {f"{self.prefix}: stream ablation": charts}
 
-    @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        write_merged_layout(trainer, self)
-
     def _flatten(self, report: Any) -> dict[str, float]:
         p = self.prefix
         metric = getattr(report, "metric", "accuracy")
@@ -165,22 +160,31 @@ class PathwayAnalysis(EpochEndCallback):
             flat.update({f"{p}/{key}": float(value) for key, value in _check_mapping(report, "extra").items()})
         return flat
 
-    def _table(self, flat: Mapping[str, float]) -> str:
-        """The report as Markdown: a row per stream (score alone, Shapley value), then the rest."""
+    def _table(self, flat: Mapping[str, float], metric: str) -> str:
+        """The report as Markdown: a row per stream (each figure alone, Shapley value), then the rest."""
         p = f"{self.prefix}/"
-        alone = {k.rpartition("/")[2]: v for k, v in flat.items() if re.fullmatch(rf"{re.escape(p)}[^/]+_alone/.+", k)}
-        metric = next((k[len(p) :].split("/")[0].removesuffix("_alone") for k in flat if "_alone/" in k), "score")
-        lines = [f"| stream | {metric} alone | Shapley value |", "|---|---|---|"]
-        lines += [f"| {s} | {v:.4g} | {flat.get(f'{p}shapley/{s}', math.nan):.4g} |" for s, v in alone.items()]
-        rest = [
-            f"{k[len(p) :]} {v:.4g}" for k, v in flat.items() if "_alone/" not in k and not k.startswith(f"{p}shapley/")
-        ]
+        figures = [metric, *(f for f in self._figures if f != metric)]  # the score first, then declared extras
+        alone = {
+            f: {k.rpartition("/")[2]: v for k, v in flat.items() if k.startswith(f"{p}{f}_alone/")} for f in figures
+        }
+        alone = {f: by_stream for f, by_stream in alone.items() if by_stream}
+        streams = list(dict.fromkeys(s for by_stream in alone.values() for s in by_stream))
+        header = ["stream", *(f"{f} alone" for f in alone), "Shapley value"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for s in streams:
+            cells = [f"{alone[f].get(s, math.nan):.4g}" for f in alone] + [
+                f"{flat.get(f'{p}shapley/{s}', math.nan):.4g}"
+            ]
+            lines.append(f"| {s} | " + " | ".join(cells) + " |")
+        shown = {f"{p}{f}_alone/{s}" for f in alone for s in alone[f]} | {f"{p}shapley/{s}" for s in streams}
+        rest = [f"{k[len(p) :]} {v:.4g}" for k, v in flat.items() if k not in shown]
         return "\n".join(lines) + "\n\n" + ", ".join(rest)
 
     @override
     def end_of_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """The analysis, every ``every_n_epochs`` epochs (once per epoch, see :class:`EpochEndCallback`)."""
         epoch = trainer.current_epoch
+        write_merged_layout(trainer, self)  # once, when this callback is the last provider
         if (epoch + 1) % self.every_n_epochs != 0:
             return
         val = trainer.val_dataloaders
@@ -210,7 +214,11 @@ class PathwayAnalysis(EpochEndCallback):
             logger.log_metrics(flat, step=step)
         writer = tensorboard_writer(trainer)
         if writer is not None:
-            writer.add_text(f"{self.prefix}/table", f"**Epoch {epoch}** (step {step})\n\n{self._table(flat)}", step)
+            writer.add_text(
+                f"{self.prefix}/table",
+                f"**Epoch {epoch}** (step {step})\n\n{self._table(flat, getattr(report, 'metric', 'accuracy'))}",
+                step,
+            )
         if self.verbose:
             shown = ", ".join(f"{k.removeprefix(self.prefix + '/')} {v:.3f}" for k, v in flat.items())
             rank_zero_info(f"PathwayAnalysis, epoch {epoch}: {shown}")

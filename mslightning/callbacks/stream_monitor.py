@@ -19,6 +19,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.nn.parameter import is_lazy
@@ -135,6 +136,14 @@ class StreamMonitor(EpochEndCallback):
     :data:`~mslightning.callbacks.monitor_metrics.METRICS`):
 
     {metrics_table}
+    Not logged (kept in :attr:`latest`, :attr:`history` and ``trainer.callback_metrics``): each
+    stream's ``lr`` and ``weight_decay`` (a learning-rate monitor logs the optimizer's own), and the
+    metrics the module logs itself, declared as ``stream_metric_keys`` (monitor metric -> the
+    module's key with ``{stream}``; :class:`~mslightning.modules.MultiStreamClassifier` declares
+    ``train_{score}``, ``val_{score}``, ``train_loss`` and ``val_loss``). With a logger that has a
+    run per stream (:class:`~mslightning.loggers.StreamTensorBoardLogger`) the thresholds of the
+    advice are logged as runs ``threshold_upper``/``threshold_lower`` under the tags of their metrics.
+
     Also: ``<p>/fusion/<metric>/<s>`` (the module's ``fusion_internals()``, averaged over ranks),
     ``advice/<p>`` (TensorBoard text: each epoch's verdict table, a row per rule and a column per
     stream with its state, value and threshold, then the advice) and ``<p>/hist/{weights,grads}/<s>``
@@ -213,6 +222,7 @@ class StreamMonitor(EpochEndCallback):
         self._checked_layouts: set[Any] = set()
         self._histogram_epoch: int | None = None
         self._module_keys: dict[str, str] = {}
+        self._validates = True
 
     @property
     def stream_names(self) -> list[str]:
@@ -256,6 +266,7 @@ class StreamMonitor(EpochEndCallback):
         if self.compare_streams is None:
             self._compare = bool(getattr(pl_module, "parts_are_peers", True))
         self._module_keys = _module_metric_keys(pl_module)
+        self._validates = is_overridden("validation_step", pl_module) and trainer.limit_val_batches != 0
         declared = getattr(pl_module, "pretrained_parts", ()) or ()
         self._pretrained = (declared,) if isinstance(declared, str) else tuple(declared)
         unknown = [p for p in self._pretrained if p not in names]
@@ -290,7 +301,7 @@ class StreamMonitor(EpochEndCallback):
         logged = self.latest.keys()
         measured = {"epochs", "steps", "updates", "predictions", "validation"}
         measured -= {"predictions"} if self._task is None else set()
-        measured -= {"validation"} if self._val_scores is None else set()
+        measured -= set() if self._validates else {"validation"}
         if self.log_every_n_steps == 0:
             measured -= {"steps", "updates"}
         return custom_scalar_layout(
@@ -303,6 +314,7 @@ class StreamMonitor(EpochEndCallback):
             task=self._task,
             measured=measured,
             fusion=any(key.startswith(f"{self.prefix}/fusion/") for key in logged),
+            compare_streams=self._compare,
         )
 
     @property
@@ -327,7 +339,7 @@ class StreamMonitor(EpochEndCallback):
         if logger is None or not callable(getattr(logger, "run_writer", None)):
             return
         tag = tag_of(logger)
-        for metric, limits in threshold_lines(self.thresholds).items():
+        for metric, limits in threshold_lines(self.thresholds, self._compare).items():
             if metric not in metrics:
                 continue
             spec = next(spec for spec in METRICS if spec.name == metric)
@@ -339,7 +351,7 @@ class StreamMonitor(EpochEndCallback):
             for run, limit in zip(THRESHOLD_RUNS, reversed(limits), strict=True):
                 if limit is not None:
                     for key in dict.fromkeys(tag(metric_key(self.prefix, metric, o)) for o in over):
-                        logger.run_writer(run).add_scalar(key, limit, step)
+                        logger.run_writer(run).add_scalar(key, limit[1], step)
 
     @staticmethod
     def _batch_step(trainer: pl.Trainer) -> int:
@@ -364,19 +376,18 @@ class StreamMonitor(EpochEndCallback):
             self._once("no_tensorboard", loggers=[type(lg).__name__ for lg in trainer.loggers])
 
     @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        write_merged_layout(trainer, self)  # after the first epoch: what is measured is known
-
-    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._steps is not None:
             self._steps.release()  # frees the scratch copy
         if self.report and self.history:
             directory = trainer.log_dir or trainer.default_root_dir  # a collective under DDP: every rank asks
             if trainer.is_global_zero:
-                path = self.write_report(os.path.join(directory, "stream_report.html"))
-                rank_zero_info(f"StreamMonitor: report written to {path}")
+                try:
+                    path = self.write_report(os.path.join(directory, "stream_report.html"))
+                except (OSError, ValueError, OverflowError) as error:  # a finished fit does not fail on its report
+                    rank_zero_warn(f"StreamMonitor: the report could not be written: {error}")
+                else:
+                    rank_zero_info(f"StreamMonitor: report written to {path}")
 
     def write_report(self, path: str | os.PathLike) -> Path:
         """Write the static report: verdict table, advice and per-epoch curves with thresholds (HTML, offline).
@@ -392,7 +403,9 @@ class StreamMonitor(EpochEndCallback):
         return write_report(
             path,
             title=f"StreamMonitor report: {', '.join(self.stream_names)}",
-            charts=report_charts(self.history, self.prefix, self.stream_names, self._task, self.thresholds),
+            charts=report_charts(
+                self.history, self.prefix, self.stream_names, self._task, self.thresholds, self._compare
+            ),
             verdict_header=header,
             verdict_rows=rows,
             advice=self.get_recommendations(),
@@ -526,6 +539,7 @@ class StreamMonitor(EpochEndCallback):
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in logged.items()})
         self._record_history(epoch, logged)
         self._publish_advice(trainer, epoch)
+        write_merged_layout(trainer, self)  # after a first epoch: what the run measures is known
 
     def _record_history(self, epoch: int, epoch_metrics: dict[str, float]) -> None:
         assert self._steps is not None

@@ -163,3 +163,27 @@ def test_each_declared_figure_gets_a_chart_of_its_own():
         "shapley": ["pathways/shapley/x"],
         "utilization": [],
     }
+
+
+def test_the_table_keeps_each_figure_in_its_own_column():
+    """Extras such as bits_per_spike_alone/<s> get their own column; they never overwrite the score's."""
+    from types import SimpleNamespace
+
+    callback = PathwayAnalysis(verbose=False)
+    module = SimpleNamespace(pathway_metrics=("corr", "bits_per_spike"), analyze_pathways=lambda *a: None)
+    callback.setup(SimpleNamespace(), module, "fit")
+    flat = {
+        "pathways/corr_all": 0.5,
+        "pathways/corr_none": 0.0,
+        "pathways/corr_alone/stimulus": 0.45,
+        "pathways/corr_alone/behaviour": 0.12,
+        "pathways/shapley/stimulus": 0.4,
+        "pathways/shapley/behaviour": 0.1,
+        "pathways/bits_per_spike_alone/stimulus": 0.18,
+        "pathways/bits_per_spike_alone/behaviour": -0.05,
+        "pathways/bits_per_spike_all": 0.2,
+    }
+    lines = callback._table(flat, "corr").splitlines()
+    assert lines[0] == "| stream | corr alone | bits_per_spike alone | Shapley value |"
+    assert lines[2:4] == ["| stimulus | 0.45 | 0.18 | 0.4 |", "| behaviour | 0.12 | -0.05 | 0.1 |"]
+    assert lines[-1] == "corr_all 0.5, corr_none 0, bits_per_spike_all 0.2"

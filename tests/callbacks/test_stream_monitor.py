@@ -139,7 +139,7 @@ def test_user_model_logs_every_tag_the_layout_and_oracle_norms(tmp_path):
     charts = layout_charts(read_layout(log_dir))
     assert charts["streams: gradients/grad_norm"] == [f"^{re.escape(f'streams/grad_norm/{s}')}$" for s in STREAMS]
     # the thresholds of the advice are in the titles of the charts they apply to
-    assert charts["streams: overfitting/overfit_score (warning above 1)"] == [
+    assert charts["streams: overfitting/overfit_score (overfitting above 1)"] == [
         f"^{re.escape(f'streams/overfit_score/{s}')}$" for s in STREAMS
     ]
     for chart_tags in charts.values():  # every chart line matches a logged tag (fusion: none here)

@@ -226,3 +226,26 @@ def test_pretrained_parts_must_name_monitored_streams(tmp_path):
     trainer = pl.Trainer(callbacks=[StreamMonitor(streams=USER_STREAMS, verbose=False)], **trainer_kwargs(tmp_path))
     with pytest.raises(ValueError, match=r"pretrained_parts names \['visibel'\], which are not streams"):
         trainer.fit(Declared(), loader(), loader(seed=1))
+
+
+class _OwnCharts(Callback):
+    """A third-party layout provider written before layouts took the tag mapping."""
+
+    def custom_scalar_layout(self):
+        return {"mine": {"loss": ["Multiline", ["^train_loss"]]}}
+
+
+@pytest.mark.parametrize("check_val_every_n_epoch", [1, 2])
+def test_layout_has_the_validation_charts_even_when_the_first_epoch_is_not_validated(
+    tmp_path, check_val_every_n_epoch
+):
+    from monitor_testkit import layout_charts, read_layout
+
+    callbacks = [_OwnCharts(), StreamMonitor(streams=USER_STREAMS, verbose=False, report=False)]
+    kwargs = trainer_kwargs(tmp_path, max_epochs=2, check_val_every_n_epoch=check_val_every_n_epoch)
+    trainer = pl.Trainer(callbacks=callbacks, **kwargs)
+    trainer.fit(TwoBranchNet(), loader(), loader(seed=1))
+    charts = layout_charts(read_layout(trainer.logger.log_dir))
+    assert "streams: overfitting/overfit_score (overfitting above 1)" in charts
+    assert "streams: train vs val/score: train vs val" in charts
+    assert charts["mine/loss"] == ["^train_loss"]  # merged, called without the tag mapping

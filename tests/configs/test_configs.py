@@ -151,8 +151,8 @@ def test_main_job_validate_reproduces_checkpoint_metrics_and_predict_writes(
     (writer,) = [c for c in predict.trainer.callbacks if isinstance(c, BasePredictionWriter)]
     rows = list(csv.DictReader(writer.path.open()))
     # written beside the training run it evaluates, labelled as a prediction (not a new version_N)
-    assert rows and writer.path.resolve().parent == tmp_path / "logs" / run / "version_0" / "predict"
-    assert (tmp_path / "logs" / run / "version_0" / "validate").is_dir()
+    assert rows and writer.path.resolve().parent == tmp_path / "logs" / run / "version_0" / "predict_0"
+    assert (tmp_path / "logs" / run / "version_0" / "validate_0").is_dir()
     assert sorted(p.name for p in (tmp_path / "logs" / run).iterdir()) == ["version_0"]
     if run == "siamese_synthetic":
         assert list(rows[0]) == ["series", "index", "score", "predicted_rank", "true_rank"]

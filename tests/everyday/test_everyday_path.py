@@ -270,8 +270,10 @@ def test_evaluations_are_written_as_evaluations_not_as_new_training_runs(in_run_
     before = sorted(p.name for p in runs.iterdir() if p.name.startswith("version_"))
     checkpoint = runs / before[0] / "checkpoints/last.ckpt"
     MSLightningCLI(args=["test", "--config", str(MAIN_CONFIG), *TINY, "--ckpt_path", str(checkpoint)])
-    evaluation = runs / before[0] / "test"  # beside the training run whose checkpoint it tested
+    evaluation = runs / before[0] / "test_0"  # beside the training run whose checkpoint it tested
     assert any(evaluation.glob("events.out.tfevents.*"))
+    MSLightningCLI(args=["test", "--config", str(MAIN_CONFIG), *TINY, "--ckpt_path", str(checkpoint)])
+    assert (runs / before[0] / "test_1").is_dir()  # a second evaluation does not write into the first
     MSLightningCLI(args=["validate", "--config", str(MAIN_CONFIG), *TINY])  # untrained weights: no run to join
     assert (runs / "validate_0").is_dir()
     assert sorted(p.name for p in runs.iterdir() if p.name.startswith("version_")) == before
