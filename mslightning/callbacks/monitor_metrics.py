@@ -377,6 +377,8 @@ def custom_scalar_layout(
     measured = set(measured)
     if not track_updates:
         measured.discard("updates")
+    if "predictions" not in measured:  # validation metrics are scores of the per-stream predictions
+        measured.discard("validation")
 
     def tags(name: str, over: Sequence[str]) -> list[str]:
         """One regex per stream (or pair), matching the metric's name of every task."""

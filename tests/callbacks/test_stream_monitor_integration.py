@@ -236,9 +236,7 @@ class _OwnCharts(Callback):
 
 
 @pytest.mark.parametrize("check_val_every_n_epoch", [1, 2])
-def test_layout_has_the_validation_charts_even_when_the_first_epoch_is_not_validated(
-    tmp_path, check_val_every_n_epoch
-):
+def test_layout_has_the_validation_charts_even_when_the_first_epoch_is_not_validated(tmp_path, check_val_every_n_epoch):
     from monitor_testkit import layout_charts, read_layout
 
     callbacks = [_OwnCharts(), StreamMonitor(streams=USER_STREAMS, verbose=False, report=False)]
@@ -249,3 +247,18 @@ def test_layout_has_the_validation_charts_even_when_the_first_epoch_is_not_valid
     assert "streams: overfitting/overfit_score (overfitting above 1)" in charts
     assert "streams: train vs val/score: train vs val" in charts
     assert charts["mine/loss"] == ["^train_loss"]  # merged, called without the tag mapping
+
+
+def test_without_per_stream_predictions_there_are_no_charts_of_them(tmp_path):
+    """Parts in series (or any model without the protocol): no overfitting or balance chart to stay empty."""
+    from monitor_testkit import layout_charts, read_layout
+
+    trainer = pl.Trainer(callbacks=[StreamMonitor(streams=USER_STREAMS, verbose=False)], **trainer_kwargs(tmp_path))
+    trainer.fit(TwoBranchNet(protocol=False), loader(), loader(seed=1))
+    charts = list(layout_charts(read_layout(trainer.logger.log_dir)))
+    assert {chart.split("/")[0] for chart in charts} == {
+        "streams: gradients",
+        "streams: weights and updates",
+        "streams: balance",
+    }
+    assert [chart for chart in charts if chart.startswith("streams: balance/")] == ["streams: balance/alerts"]
