@@ -4,7 +4,7 @@ Run: ``python examples/dashboard_docs.py [--families dual_stream siamese convgru
 (``make dashboard-screenshots``; about 10 minutes on 2 CPU cores). For each family it runs
 ``mslightning fit --config configs/<family>/synthetic.yaml`` with its logs under ``--logs``, then
 ``examples/dashboard_screenshots.py`` over the run, saving ``docs/dashboard/<family>/<tab>.png`` for Time
-Series (filtered to the decision metrics), Custom Scalars, Text and HParams (2700 px wide: every
+Series (filtered to the decision metrics), Custom Scalars, Text and HParams (3300 px wide: every
 column), and the run's
 ``stream_report.html`` next to them as ``report.png``. It prints the tag census of each run
 (``examples/tag_census.py``).
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         out = args.out / family
         shots.capture_all(runs, out, tabs=("timeseries", "custom_scalars", "text"), filters={"timeseries": time_series})
         # HParams is one row of a dozen columns: wide enough for the named groups and the best metrics
-        shots.capture_all(runs, out, tabs=("hparams",), width=2700, height=520)
+        shots.capture_all(runs, out, tabs=("hparams",), width=3300, height=520)
         with shots.open_browser(1400, 1800) as driver:
             driver.get((run / "stream_report.html").resolve().as_uri())
             driver.save_screenshot(str(out / "report.png"))
