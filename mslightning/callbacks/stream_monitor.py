@@ -379,15 +379,18 @@ class StreamMonitor(EpochEndCallback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._steps is not None:
             self._steps.release()  # frees the scratch copy
-        if self.report and self.history:
-            directory = trainer.log_dir or trainer.default_root_dir  # a collective under DDP: every rank asks
-            if trainer.is_global_zero:
-                try:
-                    path = self.write_report(os.path.join(directory, "stream_report.html"))
-                except (OSError, ValueError, OverflowError) as error:  # a finished fit does not fail on its report
-                    rank_zero_warn(f"StreamMonitor: the report could not be written: {error}")
-                else:
-                    rank_zero_info(f"StreamMonitor: report written to {path}")
+        if self.report and self.history and trainer.is_global_zero:
+            # the run directory as trainer.log_dir finds it, without its broadcast: no collective at the very end
+            logger = trainer.loggers[0] if trainer.loggers else None
+            directory = (
+                getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None) or trainer.default_root_dir
+            )
+            try:
+                path = self.write_report(os.path.join(directory, "stream_report.html"))
+            except (OSError, ValueError, OverflowError) as error:  # a finished fit does not fail on its report
+                rank_zero_warn(f"StreamMonitor: the report could not be written: {error}")
+            else:
+                rank_zero_info(f"StreamMonitor: report written to {path}")
 
     def write_report(self, path: str | os.PathLike) -> Path:
         """Write the static report: verdict table, advice and per-epoch curves with thresholds (HTML, offline).

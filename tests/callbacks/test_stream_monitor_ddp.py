@@ -115,6 +115,8 @@ def test_one_writer(ddp_run):
     event_files = list((out / "tb").rglob("events.out.tfevents.*"))
     assert len(event_files) == 1, event_files
     assert log.count("StreamMonitor, epoch 1:") == 1  # console advice from rank zero only
+    (report,) = (out / "tb").rglob("stream_report.html")  # written once, by rank zero, in the run directory
+    assert "Verdicts" in report.read_text()
 
 
 if __name__ == "__main__":
