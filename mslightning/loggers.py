@@ -144,6 +144,7 @@ class StreamTensorBoardLogger(TensorBoardLogger):
         if isinstance(streams, str) or not all(isinstance(s, str) and s and "/" not in s for s in streams):
             raise ValueError(f"streams must be a list of names without '/', got {streams!r}.")
         self._runs: dict[str, None] = {}
+        self._named: list[str] = []  # the names given, without the pairs made of them
         self._writers: dict[str, Any] = {}
         self._best_modes: dict[str, Mode] = {}
         self._best: dict[str, float] = {}
@@ -161,9 +162,9 @@ class StreamTensorBoardLogger(TensorBoardLogger):
             names: Stream or output names.
         """
         names = [n for n in names if n not in self._runs]
-        streams = [*self._runs, *names]
+        self._named.extend(names)
         self._runs.update(dict.fromkeys(names))
-        self._runs.update(dict.fromkeys(f"{a}_vs_{b}" for a, b in stream_pairs(streams)))
+        self._runs.update(dict.fromkeys(f"{a}_vs_{b}" for a, b in stream_pairs(self._named)))
 
     def split_key(self, key: str) -> tuple[str | None, str]:
         """Which run a key goes to, and its tag there.

@@ -175,6 +175,9 @@ def test_readable_hparams_of_a_module_without_a_trainer():
 def test_split_key_and_bad_streams(tmp_path):
     logger = StreamTensorBoardLogger(tmp_path, streams=["rgb", "depth", "ir"])
     assert logger.run_names == ["rgb", "depth", "ir", "rgb_vs_depth", "rgb_vs_ir", "depth_vs_ir"]
+    logger.add_runs(["depth", "fused"])  # known names are kept once; pairs are never made of pairs
+    assert len(logger.run_names) == len(set(logger.run_names)) == 10
+    assert not [name for name in logger.run_names if name.count("_vs_") > 1]
     assert logger.split_key("streams/grad_norm/rgb") == ("rgb", "streams/grad_norm")
     assert logger.split_key("train/depth/acc") == ("depth", "train/acc")
     assert logger.split_key("lr-AdamW/ir/no_decay") == ("ir", "lr-AdamW/no_decay")
