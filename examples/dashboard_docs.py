@@ -13,7 +13,6 @@ column), and the run's
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -30,14 +29,6 @@ FAMILIES = {
 """Family -> (logger name in its config, the Time Series filter showing its decision metrics)."""
 
 
-def _example(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_example", ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Fit, photograph and count each family's dashboard.
 
@@ -50,7 +41,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "dashboard")
     parser.add_argument("--skip-fit", action="store_true", help="photograph the runs already under --logs")
     args = parser.parse_args(argv)
-    shots, tags = _example("dashboard_screenshots"), _example("tag_census")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling scripts, as modules
+    import dashboard_screenshots as shots
+    import tag_census as tags
+
     for family in args.families:
         name, time_series = FAMILIES[family]
         runs = args.logs / name

@@ -361,11 +361,7 @@ def preset_settings(driver: WebDriver, base_url: str, *, smoothing: float = 0.0,
     )
 
 
-# The page reader: one script for every tab, so each poll is a single round trip. `deepAll` searches the
-# light DOM, every shadow root and same-origin iframes; it returns the page's content, `ready` and, when
-# not ready, `waiting` (what is missing).
-_READ_PAGE_JS = r"""
-const [tab, expected] = arguments;
+_DEEP_JS = r"""
 function deepAll(root, selector) {
   const found = [];
   const visit = (node) => {
@@ -381,6 +377,16 @@ function deepAll(root, selector) {
   return found;
 }
 const deep = (root, selector) => deepAll(root, selector)[0] || null;
+"""
+"""``deepAll``/``deep``: elements matching a selector in the light DOM, every shadow root and same-origin iframes."""
+
+# The page reader: one script for every tab, so each poll is a single round trip. `deepAll` searches the
+# light DOM, every shadow root and same-origin iframes; it returns the page's content, `ready` and, when
+# not ready, `waiting` (what is missing).
+_READ_PAGE_JS = (
+    "const [tab, expected] = arguments;\n"
+    + _DEEP_JS
+    + r"""
 const text = (el) => (el ? (el.innerText || el.textContent || '').replace(/\s+/g, ' ').trim() : '');
 const shown = (el) => !!el && el.getClientRects().length > 0;
 const page = {titles: [], runs: [], run_colors: {}, legends: {}, legend_colors: {}, lines: {}, texts: [],
@@ -530,6 +536,7 @@ for (const [key, value] of Object.entries(expected || {})) {
 page.ready = true;
 return page;
 """
+)
 
 
 def read_page(driver: WebDriver, tab: str, expected: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -546,16 +553,10 @@ def read_page(driver: WebDriver, tab: str, expected: Mapping[str, Any] | None = 
     return driver.execute_script(_READ_PAGE_JS, tab, dict(expected or {}))
 
 
-_EXPAND_MATCHES_JS = r"""
-const closed = [];
-const visit = (node) => {
-  if (!node || !node.querySelectorAll) return;
-  for (const el of node.querySelectorAll('*')) {
-    if (el.id === 'matches-container' && el.querySelector('iron-collapse')) closed.push(el);
-    if (el.shadowRoot) visit(el.shadowRoot);
-  }
-};
-visit(document);
+_EXPAND_MATCHES_JS = (
+    _DEEP_JS
+    + r"""
+const closed = deepAll(document, '#matches-container').filter((el) => el.querySelector('iron-collapse'));
 let pending = 0;
 for (const container of closed) {
   const collapse = container.querySelector('iron-collapse');
@@ -564,17 +565,12 @@ for (const container of closed) {
 }
 return pending;
 """
+)
 
 
-_SHOW_ALL_HPARAMS_JS = """
-const deep = (root, selector) => {
-  const found = root.querySelector(selector);
-  if (found) return found;
-  for (const el of root.querySelectorAll('*')) {
-    if (el.shadowRoot) { const inner = deep(el.shadowRoot, selector); if (inner) return inner; }
-  }
-  return null;
-};
+_SHOW_ALL_HPARAMS_JS = (
+    _DEEP_JS
+    + r"""
 const pane = deep(document, 'tf-hparams-query-pane');
 if (!pane || !pane._hparams) return -1;
 let changed = 0;
@@ -583,6 +579,7 @@ pane._hparams.forEach((hparam, i) => {
 });
 return changed;
 """
+)
 
 
 def _show_all_hparams(driver: WebDriver, timeout: float) -> None:
