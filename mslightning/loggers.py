@@ -25,6 +25,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 from typing_extensions import override
 
+from mslightning.modules.hparams import BOOKKEEPING
 from mslightning.optim.groups import NO_DECAY_SUFFIX
 from mslightning.streams import stream_pairs
 
@@ -33,7 +34,7 @@ __all__ = ["BEST_PREFIX", "StreamTensorBoardLogger", "readable_hparams"]
 BEST_PREFIX = "best"
 """First part of the HParams metric tags: ``best/<key>`` is the best value of ``<key>`` so far."""
 
-_BOOKKEEPING = ("_instantiator", "_class_path", "optimizer", "param_groups")
+_NOT_PARTS = (*BOOKKEEPING, "optimizer", "param_groups")  # the optimizer and groups get columns of their own
 Mode = Literal["max", "min"]
 
 
@@ -62,7 +63,7 @@ def readable_hparams(module: pl.LightningModule) -> dict[str, Any]:
     """
     readable: dict[str, Any] = {"family": type(module).__name__}
     for key, value in dict(module.hparams).items():
-        if key in _BOOKKEEPING:
+        if key in _NOT_PARTS:
             continue
         cell = _part(value.as_dict() if callable(getattr(value, "as_dict", None)) else value)
         if cell is not None:

@@ -71,7 +71,7 @@ def outputs_layout(category: str, charts: dict[str, list[str]], tag_of: TagOf | 
     tag_of = tag_of or (lambda key: key)
     return {
         category: {
-            title: ["Multiline", [f"^{re.escape(tag)}$" for tag in dict.fromkeys(tag_of(key) for key in keys)]]
+            title: multiline([f"^{re.escape(tag)}$" for tag in dict.fromkeys(tag_of(key) for key in keys)], regex=True)
             for title, keys in charts.items()
         }
     }

@@ -11,7 +11,7 @@ evidence (:mod:`~mslightning.callbacks.epoch_evidence`), advice
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from mslightning.callbacks._distributed import collectives, mean_over_ranks, sum_over_ranks
-from mslightning.callbacks._lifecycle import EpochEndCallback, is_end_of_epoch_validation
+from mslightning.callbacks._lifecycle import EpochEndCallback, epoch_log_step, is_end_of_epoch_validation
 from mslightning.callbacks._tensorboard import (
     Layout,
     TagOf,
@@ -69,7 +69,6 @@ from mslightning.streams import (
     StreamOutputs,
     check_stream_patterns,
     match_streams,
-    stream_pairs,
     stream_patterns_of,
 )
 
@@ -217,7 +216,6 @@ class StreamMonitor(EpochEndCallback):
         self._previous_losses: dict[str, tuple[float, float]] = {}
         self._tallies = {stage: PredictionTally() for stage in _STAGES}
         self._val_scores: tuple[int, dict[str, dict[str, Tensor]]] | None = None
-        self._epoch_step = 0
         self._reported: set[str] = set()
         self._checked_layouts: set[Any] = set()
         self._histogram_epoch: int | None = None
@@ -330,28 +328,24 @@ class StreamMonitor(EpochEndCallback):
         logged = {metric_key(self.prefix, m, o): v for (m, o), v in values.items() if m not in unlogged}
         for logger in trainer.loggers:
             logger.log_metrics(logged, step=step)
-        self._log_thresholds(trainer, {metric for metric, _ in values}, step)
+        self._log_thresholds(trainer, values.keys(), step)
         return metrics
 
-    def _log_thresholds(self, trainer: pl.Trainer, metrics: set[str], step: int) -> None:
+    def _log_thresholds(self, trainer: pl.Trainer, logged: Iterable[tuple[str, str]], step: int) -> None:
         """The advice's thresholds as lines in the charts of their metrics (runs of their own, one colour each)."""
         logger = tensorboard_logger(trainer)
         if logger is None or not callable(getattr(logger, "run_writer", None)):
             return
-        tag = tag_of(logger)
-        for metric, limits in threshold_lines(self.thresholds, self._compare).items():
-            if metric not in metrics:
+        tag, lines = tag_of(logger), threshold_lines(self.thresholds, self._compare)
+        drawn = set()  # with a run per stream, the streams of a metric share one tag
+        for metric, over in logged:
+            key = tag(metric_key(self.prefix, metric, over))
+            if metric not in lines or key in drawn:
                 continue
-            spec = next(spec for spec in METRICS if spec.name == metric)
-            over = (
-                self.stream_names
-                if spec.over == "stream"
-                else [f"{a}_vs_{b}" for a, b in stream_pairs(self.stream_names)]
-            )
-            for run, limit in zip(THRESHOLD_RUNS, reversed(limits), strict=True):
+            drawn.add(key)
+            for run, limit in zip(THRESHOLD_RUNS, reversed(lines[metric]), strict=True):
                 if limit is not None:
-                    for key in dict.fromkeys(tag(metric_key(self.prefix, metric, o)) for o in over):
-                        logger.run_writer(run).add_scalar(key, limit[1], step)
+                    logger.run_writer(run).add_scalar(key, limit[1], step)
 
     @staticmethod
     def _batch_step(trainer: pl.Trainer) -> int:
@@ -449,10 +443,9 @@ class StreamMonitor(EpochEndCallback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._epoch_step = self._batch_step(trainer)
         self._tally("train", outputs)
         if self._steps is not None and self._steps.pending:
-            self._log(trainer, self._steps.finish(batch), self._epoch_step)
+            self._log(trainer, self._steps.finish(batch), self._batch_step(trainer))
 
     # ------------------------------------------------------------------ per-stream predictions
 
@@ -538,7 +531,7 @@ class StreamMonitor(EpochEndCallback):
             values[("alerts", stream)] = float(
                 sum(r.stream == stream and r.severity == "warning" for r in self.recommendations)
             )
-        logged = self._log(trainer, values, self._epoch_step)
+        logged = self._log(trainer, values, epoch_log_step(trainer))
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in logged.items()})
         self._record_history(epoch, logged)
         self._publish_advice(trainer, epoch)
@@ -559,9 +552,10 @@ class StreamMonitor(EpochEndCallback):
                 for r in self.recommendations
             )
             table = markdown_table(*verdict_rows(self._advisor.verdicts, self.stream_names))
-            text = f"**Epoch {epoch}** (step {self._epoch_step})\n\n{table}\n\n{advice}"
+            step = epoch_log_step(trainer)
+            text = f"**Epoch {epoch}** (step {step})\n\n{table}\n\n{advice}"
             # "advice/..." sorts before every other group of the Text dashboard: the decision comes first
-            writer.add_text(f"advice/{self.prefix}", text, self._epoch_step)
+            writer.add_text(f"advice/{self.prefix}", text, step)
         if self.verbose:
             lines = "\n".join(f"  - {r.message}" for r in self.recommendations)
             rank_zero_info(f"StreamMonitor, epoch {epoch}:\n{lines}")

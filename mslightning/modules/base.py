@@ -16,6 +16,7 @@ from typing_extensions import override
 
 from mslightning.callbacks.nonfinite import NonFiniteGuard
 from mslightning.modules.hparams import (
+    BOOKKEEPING,
     canonical_config,
     canonical_param_groups,
     changed_settings,
@@ -35,9 +36,6 @@ __all__ = ["GroupedOptimizationModule", "StagedSteps"]
 
 ParamGroups = dict[str, ParamGroup] | list[ParamGroup]
 """Named groups as a mapping name -> group (YAML's form) or as a list of named groups."""
-
-# hparams that do not describe the model (Lightning's and jsonargparse's bookkeeping)
-_BOOKKEEPING = ("_instantiator", "_class_path")
 
 
 class GroupedOptimizationModule(pl.LightningModule):
@@ -234,7 +232,7 @@ class GroupedOptimizationModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("hyper_parameters") or {}
         current = dict(self.hparams)
-        keys = sorted(set(saved) & set(current) - set(_BOOKKEEPING))
+        keys = sorted(set(saved) & set(current) - set(BOOKKEEPING))
 
         def canonical(hparams: Mapping[str, Any]) -> dict[str, Any]:
             return {

@@ -23,6 +23,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
 __all__ = [
+    "BOOKKEEPING",
     "NotPlainError",
     "canonical_config",
     "canonical_param_groups",
@@ -33,6 +34,9 @@ __all__ = [
 ]
 
 LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+
+BOOKKEEPING = ("_instantiator", "_class_path")
+"""Hyper-parameters that do not describe the model (Lightning's and jsonargparse's bookkeeping)."""
 
 
 class NotPlainError(ValueError):
