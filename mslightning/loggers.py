@@ -84,6 +84,9 @@ def readable_hparams(module: pl.LightningModule) -> dict[str, Any]:
 
 def _best_metrics(module: pl.LightningModule, trainer: pl.Trainer | None) -> dict[str, Mode]:
     declared = dict(getattr(module, "best_metrics", None) or {})
+    wrong = {key: mode for key, mode in declared.items() if mode not in ("max", "min")}
+    if wrong:
+        raise ValueError(f"{type(module).__name__}.best_metrics must map keys to 'max' or 'min', got {wrong}.")
     for callback in trainer.checkpoint_callbacks if trainer is not None else []:
         if isinstance(callback, ModelCheckpoint) and callback.monitor:
             declared.setdefault(callback.monitor, "max" if callback.mode == "max" else "min")

@@ -233,3 +233,19 @@ def test_group_lr_monitor_drops_only_copies(tmp_path, log_weight_decay):
     dropped = set(logged["lightning"]) - set(logged["group"])
     assert dropped == {"lr-AdamW/a/no_decay"}  # b's differs (0.2), and weight decays differ (0 vs 0.01)
     assert {key: logged["lightning"][key] for key in logged["group"]} == logged["group"]
+
+
+def test_a_bad_best_metrics_mode_is_named_at_fit_start(tmp_path):
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 4)), batch_size=4)
+    model = _NamedGroups()
+    model.best_metrics = {"val/acc": "maximum"}
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        logger=StreamTensorBoardLogger(tmp_path),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    with pytest.raises(ValueError, match=r"_NamedGroups.best_metrics must map keys to 'max' or 'min'.*maximum"):
+        trainer.fit(model, data)

@@ -112,7 +112,8 @@ class PathwayAnalysis(EpochEndCallback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        self._figures = tuple(getattr(pl_module, "pathway_metrics", None) or ())
+        figures = getattr(pl_module, "pathway_metrics", None) or ()
+        self._figures = (figures,) if isinstance(figures, str) else tuple(figures)
         if stage == TrainerFn.FITTING and not callable(getattr(pl_module, "analyze_pathways", None)):
             raise TypeError(
                 f"PathwayAnalysis needs {type(pl_module).__name__}.analyze_pathways(dataloader, "

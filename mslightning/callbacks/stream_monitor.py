@@ -127,7 +127,8 @@ class StreamMonitor(EpochEndCallback):
 
     Raises:
         ValueError: For a malformed ``streams`` mapping, a bad stream name or pattern, or a bad
-            interval, prefix or thresholds (naming the bad value).
+            interval, prefix, thresholds or ``report`` (naming the bad value); at setup, for a
+            module's ``stream_metric_keys`` that names no per-stream metric or has no ``{stream}``.
 
     Logged metrics (``<p>`` is ``prefix``; ``<s>`` a stream; ``<a>_vs_<b>`` every pair of streams
     in declaration order; ``{score}``/``{confidence}`` are ``acc``/``true_class_score``,
@@ -187,6 +188,8 @@ class StreamMonitor(EpochEndCallback):
             raise ValueError(f"thresholds must be a StreamThresholds, got {type(thresholds).__name__}.")
         if compare_streams is not None and not isinstance(compare_streams, bool):
             raise ValueError(f"compare_streams must be None, True or False, got {compare_streams!r}.")
+        if not isinstance(report, bool):
+            raise ValueError(f"report must be True or False, got {report!r}.")
         self.log_every_n_steps = log_every_n_steps
         self.thresholds = thresholds or StreamThresholds()
         self.prefix = prefix

@@ -187,3 +187,12 @@ def test_the_table_keeps_each_figure_in_its_own_column():
     assert lines[0] == "| stream | corr alone | bits_per_spike alone | Shapley value |"
     assert lines[2:4] == ["| stimulus | 0.45 | 0.18 | 0.4 |", "| behaviour | 0.12 | -0.05 | 0.1 |"]
     assert lines[-1] == "corr_all 0.5, corr_none 0, bits_per_spike_all 0.2"
+
+
+def test_a_single_declared_figure_may_be_a_string():
+    from types import SimpleNamespace
+
+    callback = PathwayAnalysis(verbose=False)
+    callback.setup(SimpleNamespace(), SimpleNamespace(pathway_metrics="corr", analyze_pathways=lambda *a: None), "fit")
+    (charts,) = callback.custom_scalar_layout().values()
+    assert "corr: streams alone, all and none" in charts

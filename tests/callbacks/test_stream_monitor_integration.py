@@ -262,3 +262,13 @@ def test_without_per_stream_predictions_there_are_no_charts_of_them(tmp_path):
         "streams: balance",
     }
     assert [chart for chart in charts if chart.startswith("streams: balance/")] == ["streams: balance/alerts"]
+
+
+def test_bad_report_option_and_bad_stream_metric_keys_are_named(tmp_path):
+    with pytest.raises(ValueError, match="report must be True or False, got 'yes'"):
+        StreamMonitor(report="yes")
+    model = TwoBranchNet()
+    model.stream_metric_keys = {"val_acc": "val/acc"}  # no {stream}, and val_acc is not a metric's declared name
+    trainer = pl.Trainer(callbacks=[StreamMonitor(streams=USER_STREAMS, verbose=False)], **trainer_kwargs(tmp_path))
+    with pytest.raises(ValueError, match=r"TwoBranchNet.stream_metric_keys maps 'val_acc' to 'val/acc'"):
+        trainer.fit(model, loader(), loader(seed=1))
