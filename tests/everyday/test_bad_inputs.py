@@ -68,7 +68,7 @@ def _print_table(tmp_path_factory):
     yield
     if os.environ.get("PRINT_BAD_INPUT_TABLE") and RESULTS:
         table = bad_input_table()
-        path = tmp_path_factory.mktemp("bad_inputs") / "bad_input_table.md"
+        path = tmp_path_factory.getbasetemp() / "bad_input_table.md"
         path.write_text(table + "\n")
         print(f"\n\n{table}\n\n(table written to {path})")
 
