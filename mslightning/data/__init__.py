@@ -10,6 +10,15 @@
 """
 
 from mslightning.data.hdf5 import LazyHDF5
+from mslightning.data.nyu import (
+    NYU_CLASS_SETUPS,
+    NYU_SCENE_TYPES,
+    NYUDepthV2DataModule,
+    NYUDepthV2Dataset,
+    read_matlab_strings,
+    read_nyu_splits,
+    write_nyu_mat,
+)
 from mslightning.data.photo_triage import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -52,15 +61,21 @@ from mslightning.data.synthetic_triage import (
     make_synthetic_photo_triage,
     photo_levels,
 )
+from mslightning.data.transforms import JointTransform
 
 __all__ = [
     "DEFAULT_SIGNAL",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "NYU_CLASS_SETUPS",
+    "NYU_SCENE_TYPES",
     "PAD_COLOUR",
     "PROTOTYPE_NORM",
+    "JointTransform",
     "LazyHDF5",
     "LevelGapAccuracy",
+    "NYUDepthV2DataModule",
+    "NYUDepthV2Dataset",
     "PairBatch",
     "PairRecord",
     "PhotoPairDataset",
@@ -85,6 +100,9 @@ __all__ = [
     "make_synthetic_photo_triage",
     "make_synthetic_recordings",
     "photo_levels",
+    "read_matlab_strings",
+    "read_nyu_splits",
     "read_pair_list",
     "read_recordings_layout",
+    "write_nyu_mat",
 ]

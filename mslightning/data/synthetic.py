@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
@@ -39,6 +39,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from mslightning.data.transforms import JointTransform
 from mslightning.streams import check_streams
 
 __all__ = [
@@ -105,13 +106,21 @@ class StreamsTensorDataset(Dataset):
         inputs: Stream name -> float tensor of shape ``(N, C_m, H, W)``; all share ``N``.
         targets: Int64 class indices of shape ``(N,)``.
         with_targets: If False, items are the ``inputs`` dict alone (for prediction).
+        transform: Applied to each sample's ``inputs`` dict (stream name -> ``(C_m, H, W)``),
+            e.g. a :class:`~mslightning.data.transforms.JointTransform`; None for none.
 
     Raises:
         ValueError: If ``inputs`` is empty or a stream's first dimension differs from ``N``.
 
     """
 
-    def __init__(self, inputs: Mapping[str, Tensor], targets: Tensor, with_targets: bool = True) -> None:
+    def __init__(
+        self,
+        inputs: Mapping[str, Tensor],
+        targets: Tensor,
+        with_targets: bool = True,
+        transform: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
+    ) -> None:
         if not inputs:
             raise ValueError("inputs must hold at least one stream, got an empty mapping.")
         for name, tensor in inputs.items():
@@ -120,6 +129,7 @@ class StreamsTensorDataset(Dataset):
         self.inputs = dict(inputs)
         self.targets = targets
         self.with_targets = with_targets
+        self.transform = transform
 
     def __len__(self) -> int:
         return self.targets.shape[0]
@@ -127,6 +137,8 @@ class StreamsTensorDataset(Dataset):
     def __getitem__(self, index: int) -> StreamBatch | dict[str, Tensor]:
         """Return ``(inputs, target)`` with ``(C_m, H, W)`` images, or ``inputs`` alone."""
         sample = {name: tensor[index] for name, tensor in self.inputs.items()}
+        if self.transform is not None:
+            sample = self.transform(sample)
         if not self.with_targets:
             return sample
         return sample, self.targets[index]
@@ -161,6 +173,9 @@ class SyntheticStreamsDataModule(LightningDataModule):
         shortcut_strength: Brightness added to the shortcut square, in noise units (``> 0``).
         drop_last: Drop the incomplete last training batch (a batch of one sample breaks
             BatchNorm in training: "Expected more than 1 value per channel").
+        train_transform: Augmentation of the training samples, one geometry for all streams
+            (:class:`~mslightning.data.transforms.JointTransform`); None (the default) for none.
+            Validation and test samples are never augmented.
 
     Raises:
         ValueError: On any invalid argument; the message names it and its value.
@@ -192,6 +207,7 @@ class SyntheticStreamsDataModule(LightningDataModule):
         shortcut_stream: str | None = None,
         shortcut_strength: float = 2.0,
         drop_last: bool = True,
+        train_transform: JointTransform | None = None,
     ) -> None:
         super().__init__()
         self._validate(
@@ -204,8 +220,11 @@ class SyntheticStreamsDataModule(LightningDataModule):
                 "so that no training batch holds a single sample for BatchNorm) there would be no training batch. "
                 "Lower batch_size or raise train_size."
             )
+        if train_transform is not None:
+            train_transform.check_streams(list(streams), "SyntheticStreamsDataModule.train_transform")
+        self.train_transform = train_transform
         self.drop_last = drop_last
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["train_transform"])
         self.stream_channels: dict[str, int] = dict(streams)
         self.signal: dict[str, float] = {
             name: float((signal if signal is not None else DEFAULT_SIGNAL).get(name, 1.0)) for name in streams
@@ -354,6 +373,7 @@ class SyntheticStreamsDataModule(LightningDataModule):
             return
         prototypes = {name: self._prototypes(name) for name in self.stream_channels}
         self.train_set, self.val_set, self.test_set = (self._make_split(split, prototypes) for split in _SPLITS)
+        self.train_set.transform = self.train_transform
 
     def _loader(self, dataset: StreamsTensorDataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
