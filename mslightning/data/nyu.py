@@ -89,6 +89,11 @@ _DOWNLOAD = (
 )
 
 
+def _is_reference(dtype: np.dtype) -> bool:
+    """object references"""  # noqa: D400, D403, D415 - LazyHDF5.require quotes it in messages
+    return h5py.check_ref_dtype(dtype) is not None
+
+
 def read_matlab_strings(data: LazyHDF5, name: str) -> list[str]:
     """Decode a MATLAB v7.3 cell array of character arrays (as h5py sees it) into strings.
 
@@ -107,7 +112,7 @@ def read_matlab_strings(data: LazyHDF5, name: str) -> list[str]:
         ValueError: If the dataset is missing, is not a vector of references, or an entry is
             not a character array (file, dataset and entry named).
     """
-    cells = data.require(name, dtype=lambda dt: str(dt) == "object" or dt.kind == "O", what="a MATLAB cell array")
+    cells = data.require(name, dtype=_is_reference, what="a MATLAB cell array of strings")
     if cells.ndim != 2 or min(cells.shape) != 1:
         raise ValueError(f"{data.where(name)} has shape {cells.shape}, expected a (1, N) cell array of strings.")
     strings = []
@@ -654,6 +659,8 @@ class NYUDepthV2DataModule(LightningDataModule):
 
     def state_dict(self) -> dict[str, object]:
         """The normalisation statistics (saved in checkpoints, so evaluation uses the training ones)."""
+        if self.splits and not self.statistics:
+            self.normalization()
         return {"statistics": self.statistics}
 
     def load_state_dict(self, state_dict: dict[str, object]) -> None:
