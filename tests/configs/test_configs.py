@@ -4,13 +4,14 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from mslightning.cli import MSLightningCLI, checkpoint_agreement, main
-from mslightning.data import make_synthetic_photo_triage, make_synthetic_recordings
+from mslightning.data import make_synthetic_photo_triage, make_synthetic_recordings, write_nyu_mat
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").rglob("*.yaml"))
 # Keep every config's model and trainer; shrink only the data so each run takes seconds.
@@ -64,6 +65,18 @@ def _small_args(config: Path, tmp_path: Path) -> list[str]:
             return [*tiny, "--data.init_args.path", str(tmp_path / "recordings.h5"), *small]
         path = make_synthetic_recordings(tmp_path / "recordings.h5", **TINY_RECORDINGS)  # the documented layout
         return ["--data.init_args.path", str(path), *small]
+    if data == "NYUDepthV2DataModule":  # a mini file in the real MATLAB v7.3 layout
+        rng = np.random.default_rng(0)
+        scenes = ["kitchen", "bedroom", "office", "study"] * 4
+        path = write_nyu_mat(
+            tmp_path / "nyu.mat",
+            rng.integers(0, 256, (16, 12, 16, 3), dtype=np.uint8),
+            rng.uniform(0.5, 5, (16, 12, 16)),
+            scenes,
+            [f"{scene}_{i:04d}" for i, scene in enumerate(scenes)],
+        )
+        small = ["--data.init_args.image_size", "[12, 16]", "--data.init_args.batch_size", "4"]
+        return ["--data.init_args.path", str(path), *small, "--data.init_args.num_workers", "0"]
     raise AssertionError(f"{config}: no small-data arguments for {data}")
 
 
@@ -83,6 +96,7 @@ def test_configs_exist():
     assert {p.relative_to(CONFIGS[0].parents[1]).as_posix() for p in CONFIGS} >= {
         "dual_stream/synthetic.yaml",
         "dual_stream/nyu_recipe.yaml",
+        "dual_stream/nyu_rgbd.yaml",
         "siamese/synthetic.yaml",
         "siamese/photo_triage_resnet50.yaml",
         "siamese/photo_triage_vgg16.yaml",
