@@ -303,12 +303,12 @@ class NYUDepthV2Dataset(Dataset):
         image, depth = self.raw(position)
         # MATLAB's column-major (W, H) -> (H, W); the copy makes the tensors contiguous
         rgb = torch.from_numpy(np.ascontiguousarray(image.transpose(0, 2, 1))).float().div_(255)
-        metres = torch.from_numpy(np.ascontiguousarray(depth.T, dtype=np.float32))[None]
-        if not torch.isfinite(metres).all():
+        if not np.isfinite(depth).all():
             raise ValueError(
                 f"{self.data.where('depths')}: image {int(self.indices[position]) + 1} (1-based) holds "
                 "non-finite depth."
             )
+        metres = torch.from_numpy(np.ascontiguousarray(depth.T, dtype=np.float32))[None]
         return {"rgb": rgb, "depth": self.encode_depth(metres)}
 
     def __getitem__(self, position: int) -> StreamBatch | dict[str, Tensor]:
@@ -630,9 +630,9 @@ class NYUDepthV2DataModule(LightningDataModule):
         for position in progress:
             sample = raw.unnormalized(position)
             for name, x in sample.items():
-                flat = x.double().flatten(1)
-                sums[name] = sums.get(name, 0) + flat.sum(1)
-                squares[name] = squares.get(name, 0) + flat.pow(2).sum(1)
+                # float64 accumulators: a float32 sum over 10^8 pixels would lose the std's digits
+                sums[name] = sums.get(name, 0) + x.sum(dim=(1, 2), dtype=torch.float64)
+                squares[name] = squares.get(name, 0) + (x * x).sum(dim=(1, 2), dtype=torch.float64)
             count += sample["depth"][0].numel()
         statistics = {}
         for name in sums:
