@@ -53,6 +53,7 @@ from mslightning.data.hdf5 import LazyHDF5
 from mslightning.data.photo_triage import IMAGENET_MEAN, IMAGENET_STD
 from mslightning.data.synthetic import StreamBatch, _generator, collate_streams
 from mslightning.data.transforms import JointTransform
+from mslightning.modules.hparams import paths_as_strings
 
 __all__ = [
     "NYU_CLASS_SETUPS",
@@ -418,6 +419,7 @@ class NYUDepthV2DataModule(LightningDataModule):
         if splits_path is not None and not Path(splits_path).is_file():
             raise FileNotFoundError(f"NYU split file '{splits_path}' does not exist. {_DOWNLOAD}")
         self.save_hyperparameters(ignore=["train_transform"])
+        paths_as_strings(self.hparams)  # a Path would make checkpoints refuse weights_only loads
         self.path = Path(path)
         self.classes = classes
         self.splits_path = Path(splits_path) if splits_path is not None else None

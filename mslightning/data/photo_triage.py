@@ -43,6 +43,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from mslightning.modules.hparams import paths_as_strings
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -535,6 +537,7 @@ class PhotoTriageDataModule(LightningDataModule):
         if predict_split == "test" and test_list is None:
             raise ValueError("predict_split='test' needs test_list (e.g. 'test/test_pairlist.txt'), which is None.")
         self.save_hyperparameters()
+        paths_as_strings(self.hparams)  # a Path would make checkpoints refuse weights_only loads
         self.root = Path(root)
         self.image_dir = image_dir
         self.lists: dict[str, str | None] = {"train": train_list, "val": val_list, "test": test_list}

@@ -55,6 +55,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mslightning.data.hdf5 import LazyHDF5
 from mslightning.data.synthetic import _derived_seed
+from mslightning.modules.hparams import paths_as_strings
 from mslightning.streams import check_stream_name
 
 __all__ = [
@@ -601,6 +602,7 @@ class RecordingsDataModule(LightningDataModule):
             if len(set(session_names)) != len(session_names):
                 raise ValueError(f"session_names lists a session twice: {session_names}.")
         self.save_hyperparameters()
+        paths_as_strings(self.hparams)  # a Path would make checkpoints refuse weights_only loads
         self.path = Path(path)
         self.window = window
         self.burn_in = burn_in

@@ -69,6 +69,7 @@ from PIL import Image
 
 from mslightning.data.recordings import RecordingsDataModule
 from mslightning.data.synthetic import _derived_seed
+from mslightning.modules.hparams import paths_as_strings
 
 __all__ = [
     "BEHAVIOUR_NAMES",
@@ -509,6 +510,7 @@ class SyntheticRecordingsDataModule(RecordingsDataModule):
             multiprocessing_context=multiprocessing_context,
         )
         self.save_hyperparameters()
+        paths_as_strings(self.hparams)  # a Path would make checkpoints refuse weights_only loads
         self.generation = generation
 
     def _ensure_data(self) -> None:

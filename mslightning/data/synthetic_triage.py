@@ -63,6 +63,7 @@ from torch import Tensor
 
 from mslightning.data.photo_triage import _TIE_TOLERANCE, PhotoTriageDataModule
 from mslightning.data.synthetic import _derived_seed
+from mslightning.modules.hparams import paths_as_strings
 
 __all__ = [
     "KINDS",
@@ -502,6 +503,7 @@ class SyntheticPhotoTriageDataModule(PhotoTriageDataModule):
         )
         # This class's arguments; the base class's layout arguments are fixed here, so not hyperparameters.
         self.save_hyperparameters(ignore=list(_LAYOUT_ARGUMENTS))
+        paths_as_strings(self.hparams)  # a Path would make checkpoints refuse weights_only loads
         self.generation = generation
 
     def prepare_data(self) -> None:

@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import importlib
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import PurePath
 from typing import Any
 
@@ -28,6 +28,7 @@ __all__ = [
     "canonical_config",
     "canonical_param_groups",
     "changed_settings",
+    "paths_as_strings",
     "save_plain_hyperparameters",
     "signature_defaults",
     "to_plain",
@@ -100,6 +101,21 @@ def to_plain(value: Any) -> Any:
     if inspect.isclass(value) or inspect.isfunction(value):
         return {"class_path": _import_path(value)}
     raise NotPlainError(f"{type(value).__name__} {value!r} has no plain form")
+
+
+def paths_as_strings(hparams: MutableMapping[str, Any]) -> None:
+    """Replace every path among saved hyper-parameters by its string, in place.
+
+    A datamodule built with a ``pathlib.Path`` (``NYUDepthV2DataModule(Path("nyu.mat"))``) would
+    otherwise pickle the ``PosixPath`` into every checkpoint, and Lightning's own ``weights_only``
+    load (``fit``/``validate`` with ``ckpt_path``) refuses it. Call after ``save_hyperparameters``.
+
+    Args:
+        hparams: A module's or datamodule's ``hparams``.
+    """
+    for key, value in hparams.items():
+        if isinstance(value, PurePath):
+            hparams[key] = str(value)
 
 
 def _field_default(field: dataclasses.Field) -> Any:

@@ -342,3 +342,30 @@ def test_non_finite_depth_names_the_image(tmp_path):
 def test_bad_arguments(mini, kwargs, message):
     with pytest.raises(ValueError, match=message):
         NYUDepthV2DataModule(mini[0], **kwargs)
+
+
+def test_a_checkpoint_evaluates_with_the_training_statistics(mini, tmp_path, monkeypatch):
+    from lightning.pytorch import Trainer
+
+    from mslightning.modules import MultiStreamClassifier
+
+    path, _ = mini
+    kwargs = {"image_size": (8, 12), "batch_size": 4, "test_fraction": 0.3}
+    trained = NYUDepthV2DataModule(path, **kwargs)
+    model = MultiStreamClassifier(streams=trained.stream_channels, num_classes=trained.num_classes)
+    trainer = Trainer(
+        max_epochs=1, limit_train_batches=2, limit_val_batches=1, accelerator="cpu", default_root_dir=tmp_path,
+        logger=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, trained)
+    checkpoint = trainer.checkpoint_callback.best_model_path
+    saved = torch.load(checkpoint, weights_only=False)["NYUDepthV2DataModule"]["statistics"]
+    assert saved["depth"] == trained.statistics["depth"]
+
+    def recomputed(self):
+        raise AssertionError("statistics recomputed instead of restored from the checkpoint")
+
+    monkeypatch.setattr(NYUDepthV2DataModule, "_training_statistics", recomputed)
+    fresh = NYUDepthV2DataModule(path, **kwargs)
+    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).validate(model, fresh, ckpt_path=checkpoint)
+    assert fresh.statistics["depth"] == trained.statistics["depth"]

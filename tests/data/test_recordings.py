@@ -332,3 +332,15 @@ def test_invalid_arguments(recordings):
         _module(recordings, predict_split="holdout")
     with pytest.raises(RuntimeError, match=r"Call setup\('test'\)"):
         _module(recordings).test_dataloader()
+
+
+def test_a_path_argument_is_saved_as_a_string(recordings):
+    # a PosixPath among the hyper-parameters would make every checkpoint refuse Lightning's weights_only load
+    import io
+
+    dm = _module(recordings)  # a pathlib.Path
+    assert dm.hparams["path"] == str(recordings)
+    buffer = io.BytesIO()
+    torch.save({"datamodule_hyper_parameters": dict(dm.hparams)}, buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=True)["datamodule_hyper_parameters"]["path"] == str(recordings)
