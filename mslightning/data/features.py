@@ -27,7 +27,7 @@ and ``num_classes`` are known before ``setup()`` (the CLI links them to the mode
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import h5py
@@ -171,6 +171,8 @@ class FeatureStreamsDataModule(LightningDataModule):
         streams: The arrays that are streams, in order; ``None``: every top-level array except
             the labels and the split, in the file's order (an HDF5 file lists its arrays
             alphabetically). Array names must be valid stream names (letters, digits, ``_``, ``-``).
+            A mapping name -> width (what :attr:`stream_channels` and ``hparams`` hold) names them
+            too and checks each width (``D``, or ``C`` for images) against the file.
         labels_key: The labels array, ``(N,)`` integer class indices.
         split_key: The split array, used when the file holds it: ``(N,)`` codes 0 (train), 1
             (val), 2 (test) or the strings ``"train"``/``"val"``/``"test"``. ``None`` ignores it.
@@ -215,7 +217,7 @@ class FeatureStreamsDataModule(LightningDataModule):
     def __init__(
         self,
         path: str | Path,
-        streams: list[str] | None = None,
+        streams: list[str] | dict[str, int] | None = None,
         labels_key: str = "labels",
         split_key: str | None = "split",
         num_classes: int | None = None,
@@ -253,13 +255,18 @@ class FeatureStreamsDataModule(LightningDataModule):
             names = self._stream_names(streams)
             self.stream_shapes: dict[str, tuple[int, ...]] = {name: self._check_stream(name) for name in names}
             self.stream_channels: dict[str, int] = {name: shape[0] for name, shape in self.stream_shapes.items()}
+            if isinstance(streams, Mapping):
+                self._check_widths(streams)
             self.split_rows = self._split_rows()
         finally:
             self._file.close()
+        # the hparams describe the data as the model sees it (Lightning logs the module's and the data's
+        # hparams together and refuses keys that differ): the resolved streams and class count
+        self.save_hyperparameters({"streams": dict(self.stream_channels), "num_classes": self.num_classes})
 
     @staticmethod
     def _validate(
-        streams: list[str] | None,
+        streams: list[str] | dict[str, int] | None,
         labels_key: str,
         split_key: str | None,
         num_classes: int | None,
@@ -269,8 +276,11 @@ class FeatureStreamsDataModule(LightningDataModule):
         num_workers: int,
     ) -> None:
         if streams is not None:
-            if isinstance(streams, str) or not isinstance(streams, Sequence) or not streams:
-                raise ValueError(f"streams must be a non-empty list of array names (or None for all), got {streams!r}.")
+            if isinstance(streams, str) or not isinstance(streams, Sequence | Mapping) or not streams:
+                raise ValueError(
+                    f"streams must be a non-empty list of array names (or a mapping name -> width, or None for all), "
+                    f"got {streams!r}."
+                )
             repeated = sorted({name for name in streams if list(streams).count(name) > 1})
             if repeated:
                 raise ValueError(f"streams names {repeated} more than once: {list(streams)}.")
@@ -342,7 +352,15 @@ class FeatureStreamsDataModule(LightningDataModule):
             )
         return num_classes
 
-    def _stream_names(self, streams: list[str] | None) -> list[str]:
+    def _check_widths(self, streams: Mapping[str, int]) -> None:
+        for name, width in streams.items():
+            if width != self.stream_channels[name]:
+                raise ValueError(
+                    f"streams[{name!r}] = {width!r}, but {self._file.where(name)} has shape "
+                    f"{self._file.shapes[name]}: {self.stream_channels[name]} per sample."
+                )
+
+    def _stream_names(self, streams: list[str] | dict[str, int] | None) -> list[str]:
         if streams is None:
             names = [name for name in self._file.shapes if name not in (self.labels_key, self.split_key)]
             if not names:

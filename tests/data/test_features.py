@@ -270,3 +270,15 @@ def test_an_array_name_that_is_no_stream_name(tmp_path):
     path = Path(write_npz(tmp_path / "f.npz", **{"audio.mfcc": np.zeros((N, 2)), "labels": np.arange(N) % 2}))
     with pytest.raises(ValueError, match=r"stream name 'audio.mfcc' is not valid"):
         FeatureStreamsDataModule(path, batch_size=4)
+
+
+def test_hparams_hold_the_resolved_streams_and_rebuild_the_same_data(npz):
+    """Lightning logs the model's and the data's hparams together: the data's streams and classes are the model's."""
+    dm = FeatureStreamsDataModule(npz, batch_size=4)
+    assert dm.hparams_initial["streams"] == {"audio": 5, "rgb": 2} == dm.stream_channels
+    assert dm.hparams_initial["num_classes"] == 3
+    again = FeatureStreamsDataModule(**dm.hparams)
+    assert again.stream_channels == dm.stream_channels
+    assert all(np.array_equal(again.split_rows[s], dm.split_rows[s]) for s in dm.split_rows)
+    with pytest.raises(ValueError, match=r"streams\['audio'\] = 4, but .*'audio' has shape \(36, 5\): 5 per sample"):
+        FeatureStreamsDataModule(npz, streams={"audio": 4}, batch_size=4)

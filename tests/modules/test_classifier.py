@@ -1,10 +1,14 @@
+import csv
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.loggers import CSVLogger
 
-from mslightning.data import SyntheticStreamsDataModule
+from mslightning.callbacks import PathwayAnalysis, StreamMonitor
+from mslightning.data import FeatureStreamsDataModule, SyntheticStreamsDataModule
 from mslightning.modules import DualStreamClassifier, MultiStreamClassifier, shapley_values
 from mslightning.nn import (
     AttentionFusion,
@@ -355,3 +359,58 @@ def test_checkpoint_with_a_vector_stream_reloads(tmp_path):
     inputs = vector_batch()
     with torch.no_grad():
         torch.testing.assert_close(restored(inputs)[0], model(inputs)[0])
+
+
+def test_an_image_stream_and_a_vector_stream_train_end_to_end_with_monitor_and_pathways(tmp_path):
+    """The vector stream carries the labels, the image stream is noise: model, monitor and ablation agree."""
+    seed_everything(0)
+    rng = np.random.default_rng(0)
+    n, classes = 120, 3
+    labels = np.arange(n) % classes
+    prototypes = rng.normal(size=(classes, 8))
+    np.savez(
+        tmp_path / "features.npz",
+        rgb=rng.normal(size=(n, 1, 8, 8)).astype(np.float32),  # noise: independent of the labels
+        audio=prototypes[labels] + 0.5 * rng.normal(size=(n, 8)),
+        labels=labels,
+    )
+    data = FeatureStreamsDataModule(tmp_path / "features.npz", val_fraction=0.25, test_fraction=0.0, batch_size=15)
+    model = MultiStreamClassifier(
+        streams=data.stream_channels,
+        num_classes=data.num_classes,
+        encoders={"audio": partial(MLPEncoder, hidden=(16,), out_features=8)},
+        fusion=partial(GatedFusion, dim=8),
+        optimizer=partial(torch.optim.AdamW, lr=3e-3),
+        # a ResNet memorises 90 noise images within a few epochs: the noise stream learns slowly
+        param_groups=[ParamGroup("rgb", lr=1e-4), ParamGroup("audio"), ParamGroup("fusion"), ParamGroup("head")],
+    )
+    monitor, pathways = StreamMonitor(verbose=False), PathwayAnalysis(every_n_epochs=4, verbose=False)
+    trainer = tiny_trainer(
+        tmp_path,
+        max_epochs=4,
+        limit_train_batches=None,
+        limit_val_batches=None,
+        logger=CSVLogger(tmp_path, name="csv", version=0),
+        log_every_n_steps=1,
+        callbacks=[monitor, pathways],
+    )
+    trainer.fit(model, data)
+
+    rows = list(csv.DictReader((tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()))
+    logged = {key for row in rows for key, value in row.items() if value}
+    losses = [float(row["train/audio/loss_step"]) for row in rows if row.get("train/audio/loss_step")]
+    assert losses[-1] < 0.7 * losses[0]  # 18 steps of 15 samples
+    assert float(trainer.callback_metrics["val/fused/acc"]) > 0.7  # chance: 1/3
+    assert float(trainer.callback_metrics["val/audio/acc"]) > 0.7
+    for metric in ("grad_norm", "weight_norm", "update_ratio"):
+        assert {f"streams/{metric}/audio", f"streams/{metric}/rgb"} <= logged, metric
+    assert monitor.stream_names == ["rgb", "audio"]
+    assert monitor._bindings["audio"].names == [
+        name for name, _ in model.named_parameters() if name.startswith(("encoders.audio.", "aux_heads.audio."))
+    ]
+    report = pathways.latest
+    total = sum(report.shapley.values())
+    assert total == pytest.approx(report.score_all - report.score_none, abs=1e-6)
+    assert report.score_alone["audio"] > 0.7 and report.shapley["audio"] > 0.8 * total
+    assert abs(report.shapley["rgb"]) < 0.1
+    assert {"pathways/shapley/audio", "pathways/accuracy_alone/audio"} <= logged
