@@ -99,21 +99,29 @@ def check_streams(streams: Any, origin: str = "streams") -> dict[str, int]:
 
 
 def check_stream_inputs(
-    inputs: Any, streams: Mapping[str, int], owner: str = "The model", dtype: torch.dtype | None = None
+    inputs: Any,
+    streams: Mapping[str, int],
+    owner: str = "The model",
+    dtype: torch.dtype | None = None,
+    ndims: Mapping[str, int | None] | None = None,
 ) -> None:
-    """Check a batch's inputs against a model's streams: names, dtype and channel count.
+    """Check a batch's inputs against a model's streams: names, dtype, rank and channel count.
 
     Args:
-        inputs: Stream name -> ``(B, C_m, ...)`` floating-point tensor.
-        streams: The model's stream name -> channel count.
+        inputs: Stream name -> ``(B, C_m, ...)`` floating-point tensor (``(B, D_m)`` for a vector stream).
+        streams: The model's stream name -> channel count (feature width ``D_m`` for a vector stream).
         owner: Who checks, for the message (e.g. ``"MultiStreamClassifier"``).
         dtype: The model's floating-point dtype; inputs of another one (float64 data for a
             float32 model) are refused. ``None`` skips this check.
+        ndims: Stream name -> the number of dimensions its batches have: 4 for images
+            ``(B, C, H, W)``, 2 for vectors ``(B, D)`` (an encoder's ``input_ndim``). Streams
+            not listed, or listed as ``None``, are checked for their channel count only.
 
     Raises:
         ValueError: For inputs that are not a mapping, a missing or unexpected stream, a
             non-floating-point tensor (e.g. uint8 images), one of another dtype than the model's,
-            a wrong channel count, or streams with different batch sizes.
+            an image where the model expects a vector or the reverse, a wrong channel count, or
+            streams with different batch sizes.
     """
     if not isinstance(inputs, Mapping):
         raise ValueError(f"{owner} expects inputs as a mapping stream name -> tensor, got {type(inputs).__name__}.")
@@ -139,15 +147,34 @@ def check_stream_inputs(
                 f"Stream {name!r}: the model computes in {dtype} but the data is {x.dtype} "
                 f"(shape {tuple(x.shape)}); convert the data, e.g. `x.to({str(dtype).removeprefix('torch.')})`."
             )
+        ndim = (ndims or {}).get(name)
+        if ndim is not None and x.ndim != ndim:
+            raise ValueError(_rank_message(name, channels, ndim, tuple(x.shape), owner))
         if x.ndim < 2 or x.shape[1] != channels:
             got = x.shape[1] if x.ndim >= 2 else f"a {x.ndim}-D tensor"
+            unit = "feature(s)" if ndim == 2 else "channel(s)"
             raise ValueError(
-                f"Stream {name!r}: the model expects {channels} channel(s) but the data has {got} "
+                f"Stream {name!r}: the model expects {channels} {unit} but the data has {got} "
                 f"(shape {tuple(x.shape)}). Make the model's and the data's `streams` agree."
             )
         sizes[name] = x.shape[0]
     if len(set(sizes.values())) > 1:
         raise ValueError(f"The streams of one batch must have the same batch size, got {sizes}.")
+
+
+def _rank_message(name: str, channels: int, ndim: int, shape: tuple[int, ...], owner: str) -> str:
+    """Why a stream's batch has the wrong number of dimensions, in words (vector vs image)."""
+    got = {2: "vectors", 4: "images"}.get(len(shape), f"a {len(shape)}-D tensor")
+    if ndim == 2:
+        expected = f"a vector stream: {owner} expects vectors (B, {channels})"
+        remedy = "For image data leave the stream out of the model's `encoders` (it then gets a `backbone` trunk)."
+    elif ndim == 4:
+        expected = f"an image stream: {owner} expects images (B, {channels}, H, W)"
+        remedy = f"For vector data give the stream a vector encoder: `encoders: {{{name}: mslightning.nn.MLPEncoder}}`."
+    else:
+        expected = f"a stream of {ndim}-D batches: {owner} expects (B, {channels}, ...) with {ndim} dimensions"
+        remedy = "Make the model's encoder and the data agree."
+    return f"Stream {name!r} is {expected}, but the data has {got} of shape {shape}. {remedy}"
 
 
 def check_classification_batch(
@@ -156,6 +183,7 @@ def check_classification_batch(
     num_classes: int,
     owner: str = "The model",
     dtype: torch.dtype | None = None,
+    ndims: Mapping[str, int | None] | None = None,
 ) -> None:
     """Check one ``(inputs, target)`` batch against a classifier's streams and class count.
 
@@ -169,6 +197,7 @@ def check_classification_batch(
         num_classes: The model's class count K.
         owner: Who checks, for the message (e.g. ``"MultiStreamClassifier"``).
         dtype: The model's floating-point dtype (see :func:`check_stream_inputs`).
+        ndims: Stream name -> dimensions of its batches (see :func:`check_stream_inputs`).
 
     Raises:
         ValueError: Naming the disagreement: not a pair, any problem of
@@ -182,7 +211,7 @@ def check_classification_batch(
             f"got a {type(batch).__name__}{length}."
         )
     inputs, target = batch
-    check_stream_inputs(inputs, streams, owner, dtype)
+    check_stream_inputs(inputs, streams, owner, dtype, ndims)
     if not isinstance(target, Tensor):
         raise ValueError(f"{owner} expects the target as a tensor of class indices, got {type(target).__name__}.")
     if target.dtype != torch.int64 or target.ndim != 1:

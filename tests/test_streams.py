@@ -9,6 +9,7 @@ from mslightning.optim.patterns import assign_owners
 from mslightning.streams import (
     ClassificationOutputs,
     RankingOutputs,
+    check_stream_inputs,
     match_streams,
     parse_stream_outputs,
     stream_patterns_of,
@@ -61,3 +62,27 @@ def test_parse_accepts_the_typed_form_and_the_classification_dict():
     assert parse_stream_outputs(torch.tensor(1.0)) is None and parse_stream_outputs({"loss": 1}) is None
     with pytest.raises(ValueError, match="must be a ClassificationOutputs, RankingOutputs or PoissonOutputs"):
         parse_stream_outputs({"stream_outputs": {"rgb": torch.zeros(2)}})
+
+
+def test_stream_ranks_are_checked_where_the_model_declares_them():
+    streams = {"rgb": 3, "audio": 8, "other": 2}
+    ndims = {"rgb": 4, "audio": 2, "other": None}
+    good = {"rgb": torch.zeros(2, 3, 4, 4), "audio": torch.zeros(2, 8), "other": torch.zeros(2, 2, 5)}
+    check_stream_inputs(good, streams, "M", ndims=ndims)  # None: any rank with the right channels
+    check_stream_inputs({**good, "audio": torch.zeros(2, 8, 1, 1)}, streams, "M")  # no ndims: channels only
+    with pytest.raises(
+        ValueError,
+        match=r"Stream 'audio' is a vector stream: M expects vectors \(B, 8\), but the data "
+        r"has images of shape \(2, 8, 1, 1\)",
+    ):
+        check_stream_inputs({**good, "audio": torch.zeros(2, 8, 1, 1)}, streams, "M", ndims=ndims)
+    with pytest.raises(
+        ValueError,
+        match=r"Stream 'rgb' is an image stream: M expects images \(B, 3, H, W\), but the "
+        r"data has a 3-D tensor of shape \(2, 3, 4\)\. For vector data give the stream a vector encoder",
+    ):
+        check_stream_inputs({**good, "rgb": torch.zeros(2, 3, 4)}, streams, "M", ndims=ndims)
+    with pytest.raises(
+        ValueError, match=r"Stream 'other' is a stream of 3-D batches: M expects \(B, 2, \.\.\.\) with 3"
+    ):
+        check_stream_inputs({**good, "other": torch.zeros(2, 2)}, streams, "M", ndims={**ndims, "other": 3})

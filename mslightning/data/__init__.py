@@ -1,7 +1,9 @@
 """LightningDataModules for the three model families, and the HDF5 access they share.
 
-* Classification: batches ``(inputs, target)``, ``inputs`` stream name -> float32 ``(B, C, H, W)``,
-  ``target`` int64 ``(B,)`` (:data:`~mslightning.data.synthetic.StreamBatch`).
+* Classification: batches ``(inputs, target)``, ``inputs`` stream name -> float32 ``(B, C, H, W)``
+  (or ``(B, D)`` for a vector stream), ``target`` int64 ``(B,)``
+  (:data:`~mslightning.data.synthetic.StreamBatch`); streams held as arrays of one ``.npz`` or
+  HDF5 file: :class:`~mslightning.data.features.FeatureStreamsDataModule`.
 * Siamese ranking (Photo Triage): pair dicts (:data:`~mslightning.data.photo_triage.PairBatch`)
   and whole series for prediction (:data:`~mslightning.data.photo_triage.SeriesBatch`).
 * Neural recordings: windows of one session
@@ -9,6 +11,7 @@
   (:class:`~mslightning.data.hdf5.LazyHDF5`).
 """
 
+from mslightning.data.features import FeatureStreamsDataModule
 from mslightning.data.hdf5 import LazyHDF5
 from mslightning.data.nyu import (
     NYU_CLASS_SETUPS,
@@ -71,6 +74,7 @@ __all__ = [
     "NYU_SCENE_TYPES",
     "PAD_COLOUR",
     "PROTOTYPE_NORM",
+    "FeatureStreamsDataModule",
     "JointTransform",
     "LazyHDF5",
     "LevelGapAccuracy",

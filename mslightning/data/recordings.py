@@ -69,6 +69,7 @@ __all__ = [
     "read_recordings_layout",
     "read_split_codes",
     "session_statistics",
+    "split_codes",
     "split_windows",
 ]
 
@@ -253,23 +254,46 @@ def read_split_codes(data: LazyHDF5, session: str) -> np.ndarray:
 
     """
     path = f"/{session}/split"
-    raw = data.read(path)
+    return split_codes(data.read(path), data.where(path))
+
+
+def split_codes(raw: np.ndarray, where: str, item: str = "time bin", items: str = "bin(s)") -> np.ndarray:
+    """A split array as uint8 codes (0 train, 1 val, 2 test): codes are checked, strings are mapped.
+
+    Args:
+        raw: ``(N,)`` integer codes 0/1/2, or strings (``str`` or ``bytes``) ``train``/``val``/``test``.
+        where: Where the array came from, for the message (e.g. ``"'data.h5' dataset '/s1/split'"``).
+        item: What one entry is, for the message (``"time bin"``, ``"row"``).
+        items: The same, counted (``"bin(s)"``, ``"row(s)"``).
+
+    Returns:
+        ``(N,)`` uint8 codes.
+
+    Raises:
+        ValueError: On a code or string that is not a split (``where``, the value and its index named).
+
+    """
     if raw.dtype.kind in "OSU":
-        names = np.array([item.decode() if isinstance(item, bytes) else str(item) for item in raw.tolist()])
+        names = np.array([value.decode() if isinstance(value, bytes) else str(value) for value in raw.tolist()])
         codes = np.full(names.shape, 255, dtype=np.uint8)
         for code, split in enumerate(SPLITS):
             codes[names == split] = code
         bad = np.flatnonzero(codes == 255)
         if bad.size:
             raise ValueError(
-                f"{data.where(path)} holds {str(names[bad[0]])!r} at time bin {bad[0]} ({bad.size} bin(s) in all); "
+                f"{where} holds {str(names[bad[0]])!r} at {item} {bad[0]} ({bad.size} {items} in all); "
                 f"a split is one of {list(SPLITS)} (or the codes 0, 1, 2)."
             )
         return codes
+    if raw.dtype.kind not in "iu":
+        raise ValueError(
+            f"{where} has dtype {raw.dtype}; a split is integer codes 0 (train), 1 (val), 2 (test) or the strings "
+            f"{list(SPLITS)}."
+        )
     bad = np.flatnonzero((raw < 0) | (raw > 2))
     if bad.size:
         raise ValueError(
-            f"{data.where(path)} holds {raw[bad[0]].item()!r} at time bin {bad[0]} ({bad.size} bin(s) in all); "
+            f"{where} holds {raw[bad[0]].item()!r} at {item} {bad[0]} ({bad.size} {items} in all); "
             "split codes are 0 (train), 1 (val) and 2 (test)."
         )
     return raw.astype(np.uint8)

@@ -49,13 +49,15 @@ __all__ = [
     "StreamsTensorDataset",
     "SyntheticStreamsDataModule",
     "collate_streams",
+    "stream_loader",
 ]
 
 StreamBatch = tuple[dict[str, Tensor], Tensor]
 """The batch contract: ``(inputs, target)``.
 
-``inputs`` maps each stream name to a float32 tensor of shape ``(B, C_m, H, W)``; ``target`` is an
-int64 tensor of shape ``(B,)`` holding class indices in ``[0, num_classes)``.
+``inputs`` maps each stream name to a float32 tensor of shape ``(B, C_m, H, W)`` (images) or
+``(B, D_m)`` (a vector stream); ``target`` is an int64 tensor of shape ``(B,)`` holding class
+indices in ``[0, num_classes)``.
 """
 
 DEFAULT_SIGNAL: dict[str, float] = {"rgb": 0.3, "depth": 1.0}
@@ -86,11 +88,12 @@ def collate_streams(samples: list[StreamBatch]) -> StreamBatch:
     ``torch.utils.data.default_collate`` turns tuples into lists; this keeps the tuple contract.
 
     Args:
-        samples: ``B`` pairs of ``inputs`` (stream name -> ``(C_m, H, W)``) and a scalar target.
+        samples: ``B`` pairs of ``inputs`` (stream name -> ``(C_m, H, W)`` or ``(D_m,)``) and a
+            scalar target.
 
     Returns:
-        ``(inputs, target)`` with ``inputs[name]`` of shape ``(B, C_m, H, W)`` and ``target`` of
-        shape ``(B,)``.
+        ``(inputs, target)`` with ``inputs[name]`` of shape ``(B, C_m, H, W)`` (or ``(B, D_m)``)
+        and ``target`` of shape ``(B,)``.
 
     """
     names = samples[0][0].keys()
@@ -103,7 +106,8 @@ class StreamsTensorDataset(Dataset):
     """In-memory multi-stream dataset over pre-built tensors.
 
     Args:
-        inputs: Stream name -> float tensor of shape ``(N, C_m, H, W)``; all share ``N``.
+        inputs: Stream name -> float tensor of shape ``(N, C_m, H, W)`` (or ``(N, D_m)`` for a
+            vector stream); all share ``N``.
         targets: Int64 class indices of shape ``(N,)``.
         with_targets: If False, items are the ``inputs`` dict alone (for prediction).
         transform: Applied to each sample's ``inputs`` dict (stream name -> ``(C_m, H, W)``),
@@ -135,13 +139,52 @@ class StreamsTensorDataset(Dataset):
         return self.targets.shape[0]
 
     def __getitem__(self, index: int) -> StreamBatch | dict[str, Tensor]:
-        """Return ``(inputs, target)`` with ``(C_m, H, W)`` images, or ``inputs`` alone."""
+        """Return ``(inputs, target)`` with ``(C_m, H, W)`` images (``(D_m,)`` vectors), or ``inputs`` alone."""
         sample = {name: tensor[index] for name, tensor in self.inputs.items()}
         if self.transform is not None:
             sample = self.transform(sample)
         if not self.with_targets:
             return sample
         return sample, self.targets[index]
+
+
+def stream_loader(
+    dataset: Dataset | None,
+    batch_size: int,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+    num_workers: int = 0,
+    drop_last: bool = True,
+) -> DataLoader:
+    """A DataLoader of ``(inputs, target)`` batches (:func:`collate_streams`), shared by the classification data.
+
+    Args:
+        dataset: The split's dataset; ``None`` means ``setup()`` has not run.
+        batch_size: Samples per batch.
+        shuffle: Shuffle (the training split), in the order ``generator`` draws.
+        generator: Seeds the shuffling order.
+        num_workers: DataLoader worker processes (kept alive between epochs when > 0).
+        drop_last: Drop the incomplete last batch; applies only when shuffling (training).
+
+    Returns:
+        The DataLoader.
+
+    Raises:
+        RuntimeError: If ``dataset`` is ``None``.
+
+    """
+    if dataset is None:
+        raise RuntimeError("Call setup() before requesting a dataloader.")
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator if shuffle else None,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        collate_fn=collate_streams,
+        drop_last=shuffle and drop_last,
+    )
 
 
 class SyntheticStreamsDataModule(LightningDataModule):
@@ -376,18 +419,8 @@ class SyntheticStreamsDataModule(LightningDataModule):
         self.train_set.transform = self.train_transform
 
     def _loader(self, dataset: StreamsTensorDataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("Call setup() before requesting a dataloader.")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=_generator("shuffle", self.seed) if shuffle else None,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_streams,
-            drop_last=shuffle and self.drop_last,
-        )
+        generator = _generator("shuffle", self.seed)
+        return stream_loader(dataset, self.batch_size, shuffle, generator, self.num_workers, self.drop_last)
 
     def train_dataloader(self) -> DataLoader:
         """Return shuffled train batches ``(inputs, target)``; the order is seeded by ``seed``."""

@@ -1,4 +1,4 @@
-"""Multi-stream (e.g. RGB + depth) image classification with per-stream auxiliary heads."""
+"""Multi-stream classification (RGB + depth, or images with feature vectors) with per-stream auxiliary heads."""
 
 from __future__ import annotations
 
@@ -30,9 +30,16 @@ SHARED_PARTS = ("fusion", "head", FUSED)
 
 
 class MultiStreamClassifier(StagedSteps, GroupedOptimizationModule):
-    """N named image streams -> one ResNet trunk each -> fusion -> classifier, plus aux heads.
+    """N named streams -> one encoder each -> fusion -> classifier, plus aux heads.
 
-    Parameter names: ``encoders.<stream>.*`` (torchvision ResNet names inside),
+    Every stream has its own encoder: a torchvision ResNet trunk for an image stream (the
+    ``backbone``), or the module that the stream's factory in ``encoders`` builds, e.g. an
+    :class:`~mslightning.nn.MLPEncoder` for a *vector* stream (an audio or text embedding,
+    per-expert features: batches ``(B, D)``). ``streams`` is the one declaration of every stream:
+    its number is an image stream's channel count, and for a stream in ``encoders`` what its
+    factory is called with (a vector stream's width ``D``).
+
+    Parameter names: ``encoders.<stream>.*`` (torchvision ResNet names inside a trunk),
     ``aux_heads.<stream>.*``, ``fusion.*``, ``head.*``. Default named parameter groups: one per
     stream (its encoder and auxiliary head), ``fusion`` (when the fusion has parameters) and
     ``head``; configure each group's lr, weight decay and schedule under ``param_groups``.
@@ -52,12 +59,22 @@ class MultiStreamClassifier(StagedSteps, GroupedOptimizationModule):
     :class:`~mslightning.callbacks.StreamMonitor`.
 
     Args:
-        streams: Stream name -> input channels, in order (``{"rgb": 3, "depth": 1}``).
+        streams: Stream name -> input channels (an image stream) or feature width ``D`` (a
+            vector stream), in order (``{"rgb": 3, "depth": 1}``, ``{"rgb": 3, "audio": 128}``).
         num_classes: Number of classes K.
         backbone: ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101`` or ``resnet152``; one
-            name for all streams or a mapping stream -> name.
+            name for all the streams without an entry in ``encoders``, or a mapping that names
+            exactly those streams.
         weights: Optional stream -> path of a torchvision ImageNet ``state_dict`` on local
-            disk to initialise that stream's trunk (first conv adapted to its channels).
+            disk to initialise that stream's trunk (first conv adapted to its channels); only
+            for streams with a ``backbone`` trunk.
+        encoders: Optional stream -> encoder factory, called with the stream's number from
+            ``streams`` (YAML: ``{audio: {class_path: mslightning.nn.MLPEncoder, init_args:
+            {hidden: [256], out_features: 128}}}``; Python: ``{"audio":
+            functools.partial(MLPEncoder, hidden=(256,))}``). The module it builds must declare
+            an integer ``out_features``; an ``input_ndim`` attribute (2 for vectors, as
+            :class:`~mslightning.nn.MLPEncoder` has) lets the first batch's check tell a vector
+            from an image, and a ``name`` attribute that is ``None`` is set to the stream's name.
         fusion: Builds the fusion from stream -> feature width (YAML: ``class_path`` of a
             :mod:`mslightning.nn` fusion and its ``init_args``).
         aux_weight: Weight of the per-stream auxiliary losses (0: probes, see above).
@@ -69,8 +86,10 @@ class MultiStreamClassifier(StagedSteps, GroupedOptimizationModule):
             :class:`~mslightning.modules.GroupedOptimizationModule`.
 
     Raises:
-        ValueError: For no streams, an unknown backbone (naming the stream), weights for an
-            unknown stream, or bad numbers.
+        ValueError: For no streams, an unknown backbone (naming the stream), ``backbone``,
+            ``weights`` or ``encoders`` naming a stream they do not apply to, an encoder factory
+            that fails or builds no module with an integer ``out_features`` (naming the stream
+            and the class), or bad numbers.
     """
 
     def __init__(
@@ -79,6 +98,7 @@ class MultiStreamClassifier(StagedSteps, GroupedOptimizationModule):
         num_classes: int = 4,
         backbone: str | Mapping[str, str] = "resnet18",
         weights: Mapping[str, str] | None = None,
+        encoders: Mapping[str, Callable[[int], nn.Module]] | None = None,
         fusion: Callable[[dict[str, int]], Fusion] = ConcatFusion,
         aux_weight: float = 1.0,
         label_smoothing: float = 0.0,
@@ -109,6 +129,7 @@ class MultiStreamClassifier(StagedSteps, GroupedOptimizationModule):
                 "num_classes": num_classes,
                 "backbone": backbone,
                 "weights": weights,
+                "encoders": encoders,
                 "fusion": fusion,
                 "aux_weight": aux_weight,
                 "label_smoothing": label_smoothing,
@@ -121,30 +142,47 @@ class MultiStreamClassifier(StagedSteps, GroupedOptimizationModule):
         # pretrained files only initialise the trunks: a checkpoint holds the trained weights, and
         # reloading it must not need those files (run directories keep them in config.yaml)
         self.hparams["weights"] = None
-        backbones = dict(backbone) if isinstance(backbone, Mapping) else dict.fromkeys(streams, backbone)
+        factories = dict(encoders or {})
+        unknown = [name for name in factories if name not in streams]
+        if unknown:
+            raise ValueError(f"`encoders` names {unknown}, which are not streams; the streams are {list(streams)}.")
+        trunk_streams = [name for name in streams if name not in factories]
+        backbones = dict(backbone) if isinstance(backbone, Mapping) else dict.fromkeys(trunk_streams, backbone)
         weights = dict(weights or {})
         for what, mapping in (("backbone", backbones), ("weights", weights)):
-            unknown = sorted(set(mapping) - set(streams))
-            missing = [name for name in streams if name not in mapping] if what == "backbone" else []
-            if unknown or missing:
+            problems = {
+                "missing": [name for name in trunk_streams if name not in mapping] if what == "backbone" else [],
+                "not streams": [name for name in mapping if name not in streams],
+                "built by `encoders`": [name for name in mapping if name in factories],
+            }
+            if any(problems.values()):
+                rule = "must name each stream" if what == "backbone" else "may name only streams"
+                details = "; ".join(f"{problem}: {names}" for problem, names in problems.items() if names)
                 raise ValueError(
-                    f"`{what}` must be given per configured stream {list(streams)}; got keys {list(mapping)} "
-                    f"(missing {missing}, unknown {unknown})."
+                    f"`{what}` {rule} with a ResNet trunk (the streams not in `encoders`), {trunk_streams}; "
+                    f"got keys {list(mapping)} ({details})."
                 )
         self.streams = streams
         self.num_classes = num_classes
         self.aux_weight = aux_weight
         self.label_smoothing = label_smoothing
 
-        encoders = {}
+        built = {}
         for name, channels in streams.items():
+            if name in factories:
+                built[name] = _build_encoder(name, factories[name], channels)
+                continue
             try:
-                encoders[name] = ResNetStreamEncoder(backbones[name], channels, weights.get(name), name=name)
+                built[name] = ResNetStreamEncoder(backbones[name], channels, weights.get(name), name=name)
             except ValueError as err:
                 if f"stream {name!r}" in str(err):
                     raise
                 raise ValueError(f"backbone of stream {name!r}: {err}") from err
-        self.encoders = nn.ModuleDict(encoders)
+        self.encoders = nn.ModuleDict(built)
+        self.input_ndims: dict[str, int | None] = {
+            name: getattr(encoder, "input_ndim", None) for name, encoder in self.encoders.items()
+        }
+        """Stream -> dimensions of its batches (4 images, 2 vectors; None: not declared by its encoder)."""
         widths = {name: encoder.out_features for name, encoder in self.encoders.items()}
         self.fusion = fusion(widths)
         if not isinstance(self.fusion, Fusion):
@@ -224,7 +262,7 @@ class MultiStreamClassifier(StagedSteps, GroupedOptimizationModule):
         """Raise a clear error for missing or unexpected streams.
 
         Args:
-            inputs: Stream name -> (B, C_m, H, W).
+            inputs: Stream name -> (B, C_m, H, W) images or (B, D_m) vectors.
 
         Raises:
             ValueError: Naming the missing and unexpected stream keys.
@@ -243,7 +281,7 @@ class MultiStreamClassifier(StagedSteps, GroupedOptimizationModule):
         """Pooled features per stream.
 
         Args:
-            inputs: Stream name -> (B, C_m, H, W).
+            inputs: Stream name -> (B, C_m, H, W) images or (B, D_m) vectors.
 
         Returns:
             Stream name -> (B, F_m).
@@ -267,7 +305,7 @@ class MultiStreamClassifier(StagedSteps, GroupedOptimizationModule):
         """Fused and per-stream logits.
 
         Args:
-            inputs: Stream name -> images (B, C_m, H, W).
+            inputs: Stream name -> images (B, C_m, H, W) or vectors (B, D_m).
 
         Returns:
             Fused logits (B, K) and stream name -> auxiliary logits (B, K).
@@ -288,7 +326,9 @@ class MultiStreamClassifier(StagedSteps, GroupedOptimizationModule):
         if stage not in self._checked_stages:
             # once per stage: labels out of range, float or (B, 1) targets, uint8 images and stream
             # mismatches get a message naming both sides instead of a torch error later
-            check_classification_batch(batch, self.streams, self.num_classes, type(self).__name__, self.dtype)
+            check_classification_batch(
+                batch, self.streams, self.num_classes, type(self).__name__, self.dtype, self.input_ndims
+            )
             self._checked_stages.add(stage)
         inputs, target = batch
         fused, stream_logits = self(inputs)
@@ -320,7 +360,7 @@ class MultiStreamClassifier(StagedSteps, GroupedOptimizationModule):
         """Class probabilities (B, K) of the fused prediction; batches are inputs or (inputs, target)."""
         inputs = batch if isinstance(batch, Mapping) else batch[0]
         if "predict" not in self._checked_stages:
-            check_stream_inputs(inputs, self.streams, type(self).__name__, self.dtype)
+            check_stream_inputs(inputs, self.streams, type(self).__name__, self.dtype, self.input_ndims)
             self._checked_stages.add("predict")
         return self(inputs)[0].softmax(dim=1)
 
@@ -360,6 +400,31 @@ class MultiStreamClassifier(StagedSteps, GroupedOptimizationModule):
             )
         finally:
             self.train(was_training)
+
+
+def _build_encoder(name: str, factory: Callable[[int], nn.Module], width: int) -> nn.Module:
+    """Call a stream's encoder factory with its width and check what it built; errors name the stream."""
+    try:
+        encoder = factory(width)
+    except (ValueError, TypeError) as err:
+        if f"stream {name!r}" in str(err):
+            raise
+        kind = TypeError if isinstance(err, TypeError) else ValueError
+        raise kind(f"encoders[{name!r}] (its factory called with streams[{name!r}] = {width}): {err}") from err
+    if not isinstance(encoder, nn.Module):
+        raise ValueError(
+            f"encoders[{name!r}] must build a torch.nn.Module, got {type(encoder).__name__} {encoder!r:.80}."
+        )
+    out_features = getattr(encoder, "out_features", None)
+    if isinstance(out_features, bool) or not isinstance(out_features, int) or out_features < 1:
+        raise ValueError(
+            f"encoders[{name!r}] built a {type(encoder).__name__} whose `out_features` is {out_features!r}; the "
+            "classifier sizes the fusion and the heads from it: give the encoder an integer attribute "
+            "`out_features`, the width of the (B, out_features) features it returns."
+        )
+    if getattr(encoder, "name", False) is None:
+        encoder.name = name  # an encoder that names its stream in errors (MLPEncoder, the trunks)
+    return encoder
 
 
 DualStreamClassifier = MultiStreamClassifier

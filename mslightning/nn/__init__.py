@@ -1,13 +1,13 @@
 """Pure-torch building blocks for multi-stream networks (no Lightning).
 
-Image trunks map one stream's images to pooled features (one mechanism for every family);
-fusions combine a mapping stream name -> features into one vector; :class:`StreamHeads`
-classifies each stream alone; pair heads and losses (:mod:`mslightning.nn.ranking`) learn a
-preference between two inputs.
+Image trunks map one stream's images to pooled features (one mechanism for every family),
+:class:`MLPEncoder` one stream's vectors; fusions combine a mapping stream name -> features
+into one vector; :class:`StreamHeads` classifies each stream alone; pair heads and losses
+(:mod:`mslightning.nn.ranking`) learn a preference between two inputs.
 """
 
 from mslightning.nn.cores import ResidualBlock, ResidualCore, RMSNorm2d, activation_gain
-from mslightning.nn.encoders import ResNetStreamEncoder, adapt_conv1_weight
+from mslightning.nn.encoders import MLPEncoder, ResNetStreamEncoder, adapt_conv1_weight
 from mslightning.nn.fusion import (
     AttentionFusion,
     ConcatFusion,
@@ -49,6 +49,7 @@ __all__ = [
     "GatedFusion",
     "GaussianReadout",
     "ImageTrunk",
+    "MLPEncoder",
     "MaskedPoissonLoss",
     "Modulator",
     "MultiplicativeAdditionFusion",

@@ -133,6 +133,9 @@ class ImageTrunk(nn.Module):
 
     """
 
+    input_ndim: ClassVar[int] = 4
+    """Dimensions of the batches a trunk takes, ``(B, C, H, W)`` (a vector encoder's is 2)."""
+
     _family: ClassVar[str] = "image trunk"
     _archs: ClassVar[Mapping[str, Any]] = {}
     _first_conv: ClassVar[str] = ""

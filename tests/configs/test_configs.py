@@ -12,6 +12,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from mslightning.cli import MSLightningCLI, checkpoint_agreement, main
 from mslightning.data import make_synthetic_photo_triage, make_synthetic_recordings, write_nyu_mat
+from mslightning.modules import MultiStreamClassifier
+from mslightning.nn import MLPEncoder
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").rglob("*.yaml"))
 # Keep every config's model and trainer; shrink only the data so each run takes seconds.
@@ -77,7 +79,22 @@ def _small_args(config: Path, tmp_path: Path) -> list[str]:
         )
         small = ["--data.init_args.image_size", "[12, 16]", "--data.init_args.batch_size", "4"]
         return ["--data.init_args.path", str(path), *small, "--data.init_args.num_workers", "0"]
+    if data == "FeatureStreamsDataModule":  # a mini feature file in the documented layout
+        return [
+            "--data.init_args.path",
+            str(write_features(tmp_path / "features.npz")),
+            "--data.init_args.batch_size",
+            "8",
+        ]
     raise AssertionError(f"{config}: no small-data arguments for {data}")
+
+
+def write_features(path: Path, n: int = 48) -> Path:
+    """The layout of configs/dual_stream/features.yaml: two vector streams and labels, no split array."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % 3
+    np.savez(path, audio=rng.normal(size=(n, 6)) + labels[:, None], text=rng.normal(size=(n, 4)), labels=labels)
+    return path
 
 
 def _write(path: Path, text: str) -> Path:
@@ -85,6 +102,7 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+CONFIG_GROUPS = {"dual_stream/features.yaml": {"audio", "text", "head"}}
 FAMILY_GROUPS = {
     "MultiStreamClassifier": {"rgb", "depth", "head"},
     "SiameseRanker": {"backbone", "head"},
@@ -97,6 +115,7 @@ def test_configs_exist():
         "dual_stream/synthetic.yaml",
         "dual_stream/nyu_recipe.yaml",
         "dual_stream/nyu_rgbd.yaml",
+        "dual_stream/features.yaml",
         "siamese/synthetic.yaml",
         "siamese/photo_triage_resnet50.yaml",
         "siamese/photo_triage_vgg16.yaml",
@@ -124,7 +143,10 @@ def test_config_fits(config, tmp_path, monkeypatch):
     cli = MSLightningCLI(args=["fit", "--config", str(config), "--trainer.fast_dev_run", "1", *small])
     assert cli.trainer.state.finished
     names = [pg["name"] for pg in cli.trainer.optimizers[0].param_groups]
-    assert FAMILY_GROUPS[type(cli.model).__name__] <= {n.split("/")[0] for n in names}
+    expected = CONFIG_GROUPS.get(
+        config.relative_to(config.parents[1]).as_posix(), FAMILY_GROUPS[type(cli.model).__name__]
+    )
+    assert expected <= {n.split("/")[0] for n in names}
 
 
 @pytest.mark.parametrize(
@@ -177,3 +199,33 @@ def test_main_job_validate_reproduces_checkpoint_metrics_and_predict_writes(
         assert list(rows[0]) == ["session", "time_bin", "neuron", "rate", "response"]
         assert {row["session"] for row in rows} == {"s1", "s2"}
         assert all(float(row["rate"]) > 0 for row in rows)
+
+
+def test_features_config_runs_on_a_feature_file_and_its_checkpoint_reloads(tmp_path, monkeypatch):
+    """The vector-stream config through the real command line: fast_dev_run, then a short fit and a reload."""
+    monkeypatch.chdir(tmp_path)
+    config = str(Path(__file__).parents[2] / "configs" / "dual_stream" / "features.yaml")
+    data = ["--data.init_args.path", str(write_features(tmp_path / "features.npz")), "--data.init_args.batch_size", "8"]
+    main(["fit", "--config", config, *data, "--trainer.fast_dev_run", "true"])
+    quiet = [
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+    ]
+    fit = MSLightningCLI(args=["fit", "--config", config, *data, *quiet])
+    assert fit.model.streams == {"audio": 6, "text": 4} and fit.model.num_classes == 3
+    best = Path(fit.trainer.checkpoint_callback.best_model_path)
+    assert best == Path("logs/dual_stream_features/version_0/checkpoints/best.ckpt")
+    restored = MultiStreamClassifier.load_from_checkpoint(best)  # the CLI's hparams: a mapping of class_path configs
+    for name, width in {"audio": 6, "text": 4}.items():
+        encoder = restored.encoders[name]
+        assert isinstance(encoder, MLPEncoder) and (encoder.in_features, encoder.hidden) == (width, (256,))
+    state = fit.model.state_dict()
+    assert all(torch.equal(value, state[key]) for key, value in restored.state_dict().items())
+    validate = MSLightningCLI(args=["validate", "--config", config, *data, *quiet, "--ckpt_path", "best"])
+    assert float(validate.trainer.callback_metrics["val/fused/acc"]) == pytest.approx(
+        float(fit.trainer.checkpoint_callback.best_model_score)
+    )

@@ -1,12 +1,25 @@
+import csv
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.loggers import CSVLogger
 
-from mslightning.data import SyntheticStreamsDataModule
+from mslightning.callbacks import PathwayAnalysis, StreamMonitor
+from mslightning.data import FeatureStreamsDataModule, SyntheticStreamsDataModule
 from mslightning.modules import DualStreamClassifier, MultiStreamClassifier, shapley_values
-from mslightning.nn import GatedFusion, WeightedFusion
+from mslightning.nn import (
+    AttentionFusion,
+    ConcatFusion,
+    GatedFusion,
+    MLPEncoder,
+    MultiplicativeAdditionFusion,
+    MultiplicativeFusion,
+    SumFusion,
+    WeightedFusion,
+)
 from mslightning.optim import ParamGroup
 
 
@@ -203,3 +216,201 @@ def test_pathway_analysis_credits_the_informative_stream(tmp_path):
     assert abs(report.shapley["rgb"]) < 0.05
     assert set(report.to_dict()) >= {"shapley/rgb", "utilization/rgb|depth", "accuracy/alone/depth"}
     assert model.training  # mode restored
+
+
+# ---------------------------------------------------------------------- vector streams (encoders=...)
+
+VECTOR_STREAMS = {"rgb": 3, "audio": 12}
+FUSIONS = [
+    ConcatFusion,
+    partial(SumFusion, dim=8),
+    partial(WeightedFusion, dim=8),
+    partial(GatedFusion, dim=8),
+    partial(MultiplicativeFusion, dim=8),
+    partial(MultiplicativeAdditionFusion, dim=8),
+    partial(AttentionFusion, dim=8, num_heads=2),
+]
+
+
+def vector_model(**kwargs):
+    defaults = dict(
+        streams=VECTOR_STREAMS, num_classes=3, encoders={"audio": partial(MLPEncoder, hidden=(8,), out_features=6)}
+    )
+    defaults.update(kwargs)
+    return MultiStreamClassifier(**defaults)
+
+
+def vector_batch(b=2):
+    return {"rgb": torch.randn(b, 3, 16, 16), "audio": torch.randn(b, 12)}
+
+
+def test_a_vector_stream_gets_its_encoder_from_the_factory_and_keeps_the_naming():
+    model = vector_model().eval()
+    audio = model.encoders["audio"]
+    assert isinstance(audio, MLPEncoder) and audio.in_features == 12 and audio.out_features == 6
+    assert audio.name == "audio"  # set by the model, for the encoder's errors
+    assert type(model.encoders["rgb"]).__name__ == "ResNetStreamEncoder" and model.encoders["rgb"].in_channels == 3
+    assert model.input_ndims == {"rgb": 4, "audio": 2}
+    fused, per_stream = model(vector_batch())
+    assert fused.shape == (2, 3) and {name: x.shape for name, x in per_stream.items()} == {
+        "rgb": (2, 3),
+        "audio": (2, 3),
+    }
+    assert model.aux_heads["audio"].linear.in_features == 6
+    names = [name for name, _ in model.named_parameters()]
+    assert "encoders.audio.blocks.0.linear.weight" in names and "aux_heads.audio.linear.weight" in names
+    assert [g.name for g in model.default_param_groups()] == ["rgb", "audio", "fusion", "head"]
+    groups = {g.name: g.params for g in model.resolved_param_groups()}
+    assert groups["audio"] == ["encoders.audio.*", "aux_heads.audio.*"]
+    # an all-vector model: no backbone is built at all
+    both = MultiStreamClassifier({"a": 4, "b": 5}, num_classes=2, encoders={"a": MLPEncoder, "b": MLPEncoder})
+    assert all(isinstance(encoder, MLPEncoder) for encoder in both.encoders.values())
+
+
+@pytest.mark.parametrize(
+    ("inputs", "match"),
+    [
+        (
+            {"rgb": torch.randn(2, 3, 16, 16), "audio": torch.randn(2, 12, 4, 4)},
+            r"Stream 'audio' is a vector stream: MultiStreamClassifier expects vectors \(B, 12\), but the data has "
+            r"images of shape \(2, 12, 4, 4\)\. For image data leave the stream out of the model's `encoders`",
+        ),
+        (
+            {"rgb": torch.randn(2, 3), "audio": torch.randn(2, 12)},
+            r"Stream 'rgb' is an image stream: MultiStreamClassifier expects images \(B, 3, H, W\), but the data has "
+            r"vectors of shape \(2, 3\)\. For vector data give the stream a vector encoder: `encoders: \{rgb: "
+            r"mslightning.nn.MLPEncoder\}`",
+        ),
+        (
+            {"rgb": torch.randn(2, 3, 16, 16), "audio": torch.randn(2, 10)},
+            r"Stream 'audio': the model expects 12 feature\(s\) but the data has 10 \(shape \(2, 10\)\)",
+        ),
+    ],
+)
+def test_a_vector_stream_given_an_image_or_the_reverse_is_named(inputs, match):
+    model = vector_model()
+    with pytest.raises(ValueError, match=match):
+        model.predict_step(inputs, 0)
+    with pytest.raises(ValueError, match=match):
+        model._shared_step((inputs, torch.tensor([0, 1])), "val")
+    # called directly, the encoders' own checks name the stream
+    with pytest.raises(ValueError, match=r"stream '(audio|rgb)'"):
+        model(inputs)
+
+
+class NoWidth(torch.nn.Module):
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(in_features, 4)
+
+
+def test_bad_encoders_configuration_is_named():
+    with pytest.raises(ValueError, match=r"`encoders` names \['lidar'\], which are not streams; the streams are"):
+        vector_model(encoders={"lidar": MLPEncoder})
+    with pytest.raises(
+        ValueError,
+        match=r"`backbone` must name each stream with a ResNet trunk .*\['rgb'\].*"
+        r"built by `encoders`: \['audio'\]",
+    ):
+        vector_model(backbone={"rgb": "resnet18", "audio": "resnet18"})
+    assert vector_model(backbone={"rgb": "resnet34"}).encoders["rgb"].arch == "resnet34"  # names only trunk streams
+    with pytest.raises(ValueError, match=r"`weights` may name only streams with a ResNet trunk .*\['audio'\]"):
+        vector_model(weights={"audio": "audio.pth"})
+    with pytest.raises(ValueError, match=r"encoders\['audio'\] built a NoWidth whose `out_features` is None"):
+        vector_model(encoders={"audio": NoWidth})
+    with pytest.raises(ValueError, match=r"encoders\['audio'\] must build a torch.nn.Module, got int"):
+        vector_model(encoders={"audio": abs})
+    with pytest.raises(
+        ValueError,
+        match=r"encoders\['audio'\] \(its factory called with streams\['audio'\] = 12\): MLPEncoder: dropout must be",
+    ):
+        vector_model(encoders={"audio": partial(MLPEncoder, dropout=1.5)})
+    with pytest.raises(TypeError, match=r"encoders\['audio'\] \(its factory called with streams\['audio'\] = 12\)"):
+        vector_model(encoders={"audio": torch.nn.Linear})  # Linear(12) lacks out_features
+
+
+@pytest.mark.parametrize("fusion", FUSIONS, ids=lambda f: f.func.__name__ if isinstance(f, partial) else f.__name__)
+def test_every_fusion_builds_and_runs_with_a_vector_stream(fusion):
+    torch.manual_seed(0)
+    model = vector_model(fusion=fusion)
+    inputs, target = vector_batch(4), torch.tensor([0, 1, 2, 0])
+    model.log = model.log_dict = lambda *a, **kw: None
+    out = model._shared_step((inputs, target), "train")
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and out["logits"].shape == (4, 3)
+    audio = [p for name, p in model.named_parameters() if name.startswith("encoders.audio.")]
+    assert all(p.grad is not None for p in audio)
+    for values in model.fusion_internals().values():  # weights, gates, attention: one per stream, summing to 1
+        assert list(values) == list(VECTOR_STREAMS)
+        assert sum(values.values()).item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_checkpoint_with_a_vector_stream_reloads(tmp_path):
+    model = vector_model(fusion=partial(GatedFusion, dim=8)).eval()
+    trainer = tiny_trainer(tmp_path, max_epochs=0)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "vector.ckpt")
+    saved = torch.load(tmp_path / "vector.ckpt", weights_only=True)["hyper_parameters"]["encoders"]
+    assert saved == {
+        "audio": {"class_path": "mslightning.nn.encoders.MLPEncoder", "init_args": {"hidden": [8], "out_features": 6}}
+    }
+    restored = MultiStreamClassifier.load_from_checkpoint(tmp_path / "vector.ckpt").eval()
+    assert restored.encoders["audio"].hidden == (8,) and restored.encoders["audio"].name == "audio"
+    inputs = vector_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(restored(inputs)[0], model(inputs)[0])
+
+
+def test_an_image_stream_and_a_vector_stream_train_end_to_end_with_monitor_and_pathways(tmp_path):
+    """The vector stream carries the labels, the image stream is noise: model, monitor and ablation agree."""
+    seed_everything(0)
+    rng = np.random.default_rng(0)
+    n, classes = 120, 3
+    labels = np.arange(n) % classes
+    prototypes = rng.normal(size=(classes, 8))
+    np.savez(
+        tmp_path / "features.npz",
+        rgb=rng.normal(size=(n, 1, 8, 8)).astype(np.float32),  # noise: independent of the labels
+        audio=prototypes[labels] + 0.5 * rng.normal(size=(n, 8)),
+        labels=labels,
+    )
+    data = FeatureStreamsDataModule(tmp_path / "features.npz", val_fraction=0.25, test_fraction=0.0, batch_size=15)
+    model = MultiStreamClassifier(
+        streams=data.stream_channels,
+        num_classes=data.num_classes,
+        encoders={"audio": partial(MLPEncoder, hidden=(16,), out_features=8)},
+        fusion=partial(GatedFusion, dim=8),
+        optimizer=partial(torch.optim.AdamW, lr=3e-3),
+        # a ResNet memorises 90 noise images within a few epochs: the noise stream learns slowly
+        param_groups=[ParamGroup("rgb", lr=1e-4), ParamGroup("audio"), ParamGroup("fusion"), ParamGroup("head")],
+    )
+    monitor, pathways = StreamMonitor(verbose=False), PathwayAnalysis(every_n_epochs=4, verbose=False)
+    trainer = tiny_trainer(
+        tmp_path,
+        max_epochs=4,
+        limit_train_batches=None,
+        limit_val_batches=None,
+        logger=CSVLogger(tmp_path, name="csv", version=0),
+        log_every_n_steps=1,
+        callbacks=[monitor, pathways],
+    )
+    trainer.fit(model, data)
+
+    rows = list(csv.DictReader((tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()))
+    logged = {key for row in rows for key, value in row.items() if value}
+    losses = [float(row["train/audio/loss_step"]) for row in rows if row.get("train/audio/loss_step")]
+    assert losses[-1] < 0.7 * losses[0]  # 18 steps of 15 samples
+    assert float(trainer.callback_metrics["val/fused/acc"]) > 0.7  # chance: 1/3
+    assert float(trainer.callback_metrics["val/audio/acc"]) > 0.7
+    for metric in ("grad_norm", "weight_norm", "update_ratio"):
+        assert {f"streams/{metric}/audio", f"streams/{metric}/rgb"} <= logged, metric
+    assert monitor.stream_names == ["rgb", "audio"]
+    assert monitor._bindings["audio"].names == [
+        name for name, _ in model.named_parameters() if name.startswith(("encoders.audio.", "aux_heads.audio."))
+    ]
+    report = pathways.latest
+    total = sum(report.shapley.values())
+    assert total == pytest.approx(report.score_all - report.score_none, abs=1e-6)
+    assert report.score_alone["audio"] > 0.7 and report.shapley["audio"] > 0.8 * total
+    assert abs(report.shapley["rgb"]) < 0.1
+    assert {"pathways/shapley/audio", "pathways/accuracy_alone/audio"} <= logged
