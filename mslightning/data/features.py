@@ -41,6 +41,8 @@ from torch.utils.data import DataLoader
 from mslightning.data.hdf5 import LazyHDF5
 from mslightning.data.recordings import SPLITS, split_codes
 from mslightning.data.synthetic import StreamsTensorDataset, stream_loader
+from mslightning.data.transforms import JointTransform
+from mslightning.modules.hparams import paths_as_strings
 from mslightning.streams import check_stream_name
 
 __all__ = ["FeatureStreamsDataModule"]
@@ -185,6 +187,9 @@ class FeatureStreamsDataModule(LightningDataModule):
         standardize: Standardise every stream with training statistics (see above).
         drop_last: Drop the incomplete last training batch (a batch of one sample breaks
             BatchNorm in training); the training split must then hold at least ``batch_size`` rows.
+        train_transform: Augmentation of the training samples
+            (:class:`~mslightning.data.transforms.JointTransform`: one geometry for every image
+            stream, applied after standardisation; vector streams pass through); None for none.
 
     Attributes:
         stream_channels: Stream name -> ``D`` (vector) or ``C`` (image), in order.
@@ -228,12 +233,15 @@ class FeatureStreamsDataModule(LightningDataModule):
         num_workers: int = 0,
         standardize: bool = True,
         drop_last: bool = True,
+        train_transform: JointTransform | None = None,
     ) -> None:
         super().__init__()
         self._validate(
             streams, labels_key, split_key, num_classes, val_fraction, test_fraction, batch_size, num_workers
         )
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["train_transform"])
+        paths_as_strings(self.hparams)  # a Path would make checkpoints refuse weights_only loads
+        self.train_transform = train_transform
         self.path = Path(path)
         self.labels_key = labels_key
         self.split_key = split_key
@@ -260,6 +268,8 @@ class FeatureStreamsDataModule(LightningDataModule):
             self.split_rows = self._split_rows()
         finally:
             self._file.close()
+        if train_transform is not None:
+            train_transform.check_streams(list(self.stream_channels), "FeatureStreamsDataModule.train_transform")
         # the hparams describe the data as the model sees it (Lightning logs the module's and the data's
         # hparams together and refuses keys that differ): the resolved streams and class count
         self.save_hyperparameters({"streams": dict(self.stream_channels), "num_classes": self.num_classes})
@@ -477,7 +487,8 @@ class FeatureStreamsDataModule(LightningDataModule):
         for split, rows in self.split_rows.items():
             index = torch.from_numpy(rows)
             inputs = {name: torch.from_numpy(array)[index] for name, array in arrays.items()}
-            self.datasets[split] = StreamsTensorDataset(inputs, labels[index])
+            transform = self.train_transform if split == "train" else None
+            self.datasets[split] = StreamsTensorDataset(inputs, labels[index], transform=transform)
         counts = "; ".join(
             f"{split} {np.bincount(self.labels[rows], minlength=self.num_classes).tolist()}"
             for split, rows in self.split_rows.items()

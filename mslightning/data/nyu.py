@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from mslightning.data.hdf5 import LazyHDF5
 from mslightning.data.photo_triage import IMAGENET_MEAN, IMAGENET_STD
-from mslightning.data.synthetic import StreamBatch, _generator, collate_streams
+from mslightning.data.synthetic import StreamBatch, _generator, stream_loader
 from mslightning.data.transforms import JointTransform
 from mslightning.modules.hparams import paths_as_strings
 
@@ -676,16 +676,10 @@ class NYUDepthV2DataModule(LightningDataModule):
             self.statistics = {name: (list(mean), list(std)) for name, (mean, std) in statistics.items()}
 
     def _loader(self, dataset: NYUDepthV2Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=_generator("shuffle", self.seed) if shuffle else None,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_streams,
-            drop_last=shuffle and self.drop_last and len(dataset) > self.batch_size,
-        )
+        generator = _generator("shuffle", self.seed) if shuffle else None
+        # a training split smaller than a batch still gives one batch
+        drop_last = self.drop_last and len(dataset) > self.batch_size
+        return stream_loader(dataset, self.batch_size, shuffle, generator, self.num_workers, drop_last)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, augmented training batches ``(inputs, target)``."""

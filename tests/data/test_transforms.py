@@ -66,3 +66,25 @@ def test_synthetic_streams_augment_the_training_split_only():
     for stream in ("rgb", "depth"):
         assert torch.equal(flipped.train_set[0][0][stream], plain.train_set[0][0][stream].flip(-1))
         assert torch.equal(flipped.val_set[0][0][stream], plain.val_set[0][0][stream])
+
+
+def test_feature_streams_augment_image_streams_of_the_training_split(tmp_path):
+    import numpy as np
+
+    from mslightning.data import FeatureStreamsDataModule
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "features.npz"
+    np.savez(path, rgb=rng.normal(size=(40, 3, 8, 8)), audio=rng.normal(size=(40, 5)), labels=np.arange(40) % 2)
+    kwargs = {"batch_size": 4, "standardize": False}
+    plain = FeatureStreamsDataModule(path, **kwargs)
+    flipped = FeatureStreamsDataModule(path, train_transform=JointTransform(v2.RandomHorizontalFlip(p=1.0)), **kwargs)
+    for dm in (plain, flipped):
+        dm.setup()
+    (a, _), (b, _) = plain.datasets["train"][0], flipped.datasets["train"][0]
+    assert torch.equal(b["rgb"], a["rgb"].flip(-1)) and torch.equal(b["audio"], a["audio"])
+    assert torch.equal(flipped.datasets["val"][0][0]["rgb"], plain.datasets["val"][0][0]["rgb"])
+    with pytest.raises(
+        ValueError, match=r"FeatureStreamsDataModule.train_transform: photometric transforms for \['ir'\]"
+    ):
+        FeatureStreamsDataModule(path, train_transform=JointTransform(photometric={"ir": v2.ColorJitter(0.1)}))
