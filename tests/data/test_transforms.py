@@ -87,4 +87,6 @@ def test_feature_streams_augment_image_streams_of_the_training_split(tmp_path):
     with pytest.raises(
         ValueError, match=r"FeatureStreamsDataModule.train_transform: photometric transforms for \['ir'\]"
     ):
-        FeatureStreamsDataModule(path, train_transform=JointTransform(photometric={"ir": v2.ColorJitter(0.1)}))
+        FeatureStreamsDataModule(
+            path, train_transform=JointTransform(photometric={"ir": v2.ColorJitter(0.1)}), **kwargs
+        )
