@@ -29,12 +29,13 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -166,7 +167,8 @@ class FeatureStreamsDataModule(LightningDataModule):
     standard deviation (``ddof=0``) over the **training rows only**, per feature for a vector
     stream, per channel for an image stream; a feature that is constant in the training rows is
     centred, not scaled. The statistics are kept in :attr:`mean` and :attr:`std`, to apply to new
-    data: ``(x - mean) / std``.
+    data: ``(x - mean) / std``, and in :meth:`state_dict`, so a checkpoint evaluates a file
+    (``validate``/``predict --ckpt_path``) with the statistics it was trained with.
 
     Args:
         path: The ``.npz`` (``numpy.savez``/``savez_compressed``) or HDF5 file.
@@ -190,6 +192,8 @@ class FeatureStreamsDataModule(LightningDataModule):
         train_transform: Augmentation of the training samples
             (:class:`~mslightning.data.transforms.JointTransform`: one geometry for every image
             stream, applied after standardisation; vector streams pass through); None for none.
+            Photometric transforms get standardised values here (a warning says so when
+            ``standardize`` is on: torchvision's clamp them to [0, 1]).
 
     Attributes:
         stream_channels: Stream name -> ``D`` (vector) or ``C`` (image), in order.
@@ -270,6 +274,12 @@ class FeatureStreamsDataModule(LightningDataModule):
             self._file.close()
         if train_transform is not None:
             train_transform.check_streams(list(self.stream_channels), "FeatureStreamsDataModule.train_transform")
+            if train_transform.photometric and standardize:
+                rank_zero_warn(
+                    f"FeatureStreamsDataModule: photometric transforms for {list(train_transform.photometric)} "
+                    "run on standardised values; torchvision's (ColorJitter, ...) expect [0, 1] images and clamp "
+                    "to that range. Use standardize=False with images in [0, 1], or geometric transforms only."
+                )
         # the hparams describe the data as the model sees it (Lightning logs the module's and the data's
         # hparams together and refuses keys that differ): the resolved streams and class count
         self.save_hyperparameters({"streams": dict(self.stream_channels), "num_classes": self.num_classes})
@@ -450,15 +460,42 @@ class FeatureStreamsDataModule(LightningDataModule):
         return array.astype(np.float32)
 
     def _standardise(self, name: str, array: np.ndarray) -> np.ndarray:
-        train = array[self.split_rows["train"]].astype(np.float64)
-        axes = (0,) if array.ndim == 2 else (0, 2, 3)  # per feature / per channel
-        mean = train.mean(axis=axes)
-        std = train.std(axis=axes)
-        std[std == 0] = 1.0  # a constant feature is centred, not scaled
+        if name not in self.mean:  # else restored from a checkpoint (load_state_dict)
+            train = array[self.split_rows["train"]].astype(np.float64)
+            axes = (0,) if array.ndim == 2 else (0, 2, 3)  # per feature / per channel
+            std = train.std(axis=axes)
+            std[std == 0] = 1.0  # a constant feature is centred, not scaled
+            self.mean[name] = torch.from_numpy(train.mean(axis=axes).astype(np.float32))
+            self.std[name] = torch.from_numpy(std.astype(np.float32))
         shape = (1, -1) if array.ndim == 2 else (1, -1, 1, 1)
-        self.mean[name] = torch.from_numpy(mean.astype(np.float32))
-        self.std[name] = torch.from_numpy(std.astype(np.float32))
+        mean, std = (self.mean[name].double().numpy(), self.std[name].double().numpy())
         return ((array - mean.reshape(shape)) / std.reshape(shape)).astype(np.float32)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The standardisation statistics (saved in checkpoints: evaluation standardises as training did).
+
+        Returns:
+            ``{"mean": {stream: [...]}, "std": {stream: [...]}}``, plain lists.
+        """
+        return {
+            "mean": {name: value.tolist() for name, value in self.mean.items()},
+            "std": {name: value.tolist() for name, value in self.std.items()},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Standardise with the statistics of :meth:`state_dict` (re-reading the file if set up already).
+
+        Args:
+            state_dict: What :meth:`state_dict` returned, e.g. from the checkpoint of the training run.
+        """
+        mean, std = state_dict.get("mean") or {}, state_dict.get("std") or {}
+        if not mean:
+            return
+        self.mean = {name: torch.tensor(value, dtype=torch.float32) for name, value in mean.items()}
+        self.std = {name: torch.tensor(value, dtype=torch.float32) for name, value in std.items()}
+        if self.datasets:  # Lightning restores after setup(): standardise the arrays again
+            self.datasets = {}
+            self.setup()
 
     # ------------------------------------------------------------------ Lightning hooks
 

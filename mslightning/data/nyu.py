@@ -35,6 +35,7 @@ rooms of the training split (the choice is printed at setup).
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -253,6 +254,11 @@ class NYUDepthV2Dataset(Dataset):
         cache: Stream -> in-memory arrays indexed like ``indices`` (images ``(n, 3, W, H)``
             uint8, depths ``(n, W, H)``), or None to read the file.
         with_targets: If False, items are the inputs dict alone.
+        image_size: ``(H, W)`` that ``transform`` must return; None skips the check.
+
+    Raises:
+        ValueError: From ``__getitem__``: non-finite depth, or a ``transform`` whose output is
+            not ``image_size`` (named, with the sizes).
     """
 
     def __init__(
@@ -266,6 +272,7 @@ class NYUDepthV2Dataset(Dataset):
         normalization: dict[str, tuple[Tensor, Tensor]] | None = None,
         cache: dict[str, np.ndarray] | None = None,
         with_targets: bool = True,
+        image_size: tuple[int, int] | None = None,
     ) -> None:
         self.data = data
         self.indices = np.asarray(indices, dtype=np.int64)
@@ -276,6 +283,7 @@ class NYUDepthV2Dataset(Dataset):
         self.normalization = normalization or {}
         self.cache = cache
         self.with_targets = with_targets
+        self.image_size = tuple(image_size) if image_size is not None else None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -313,13 +321,31 @@ class NYUDepthV2Dataset(Dataset):
         metres = torch.from_numpy(np.ascontiguousarray(depth.T, dtype=np.float32))[None]
         return {"rgb": rgb, "depth": self.encode_depth(metres)}
 
+    def standardise(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``(x - mean) / std`` per channel of each stream in :attr:`normalization` (others unchanged).
+
+        Args:
+            sample: Stream name -> ``(C, H, W)``.
+
+        Returns:
+            The same dict, standardised.
+        """
+        for name, (mean, std) in self.normalization.items():
+            sample[name] = (sample[name] - mean[:, None, None]) / std[:, None, None]
+        return sample
+
     def __getitem__(self, position: int) -> StreamBatch | dict[str, Tensor]:
         """Return ``({"rgb": (3, H, W), "depth": (1, H, W)}, label)`` float32, or the inputs alone."""
         sample = self.unnormalized(position)
         if self.transform is not None:
             sample = self.transform(sample)
-        for name, (mean, std) in self.normalization.items():
-            sample[name] = (sample[name] - mean[:, None, None]) / std[:, None, None]
+            size = tuple(sample["rgb"].shape[-2:])
+            if self.image_size is not None and size != self.image_size:
+                raise ValueError(
+                    f"NYUDepthV2DataModule.train_transform returned {size[0]} x {size[1]} images, but the batches "
+                    f"are image_size={self.image_size}: end its geometry with a crop or resize to image_size."
+                )
+        sample = self.standardise(sample)
         if not self.with_targets:
             return sample
         return sample, self.labels[position]
@@ -497,31 +523,40 @@ class NYUDepthV2DataModule(LightningDataModule):
         return np.array([names.index(s) if s in names else other for s in scene_types], dtype=np.int64)
 
     def _rooms(self, n: int) -> list[str]:
+        """The room of each image: ``scenes`` without the letter of a repeated scan (``kitchen_0030b``)."""
         if not self.data.exists("scenes"):
             return [str(i) for i in range(n)]  # no room names: every image its own group
         rooms = read_matlab_strings(self.data, "scenes")
         if len(rooms) != n:
             raise ValueError(f"{self.data.where('scenes')} names {len(rooms)} rooms for {n} images.")
-        return rooms
+        # NYU names repeated scans of one place kitchen_0030a, kitchen_0030b: one room, near-duplicate images
+        return [re.sub(r"(?<=\d)[a-z]$", "", room) for room in rooms]
 
     def _seeded_split(self, candidates: np.ndarray, rooms: list[str], fraction: float, role: str) -> np.ndarray:
-        """Whole rooms of ``candidates`` in a seeded order, each class as near ``fraction`` as its rooms allow."""
+        """Whole rooms of ``candidates`` in a seeded order, each class as near ``fraction`` as its rooms allow.
+
+        A room is never divided, even when its images carry several classes: it counts towards the
+        class most of its images have.
+        """
         assert self.labels is not None
+        by_room: dict[str, list[int]] = {}
+        for index in candidates:
+            by_room.setdefault(rooms[index], []).append(int(index))
+        rooms_of_class: dict[int, list[str]] = {}
+        for room, members in by_room.items():
+            majority = Counter(self.labels[members].tolist()).most_common(1)[0][0]
+            rooms_of_class.setdefault(majority, []).append(room)
         chosen: list[int] = []
-        for label in np.unique(self.labels[candidates]):
-            members = candidates[self.labels[candidates] == label]
-            by_room: dict[str, list[int]] = {}
-            for index in members:
-                by_room.setdefault(rooms[index], []).append(int(index))
-            order = list(by_room)
-            permutation = torch.randperm(len(order), generator=_generator("nyu", role, self.seed, int(label))).tolist()
-            target = fraction * len(members)
+        for label, class_rooms in sorted(rooms_of_class.items()):
+            size = sum(len(by_room[room]) for room in class_rooms)
+            order = torch.randperm(len(class_rooms), generator=_generator("nyu", role, self.seed, label)).tolist()
+            target = fraction * size
             taken = 0
-            for position in permutation:
-                room = by_room[order[position]]
+            for position in order:
+                room = by_room[class_rooms[position]]
                 closer = abs(taken + len(room) - target) < abs(taken - target)
                 # never move a whole class: one image at least stays on the other side
-                if closer and len(members) - taken - len(room) >= 1:
+                if closer and size - taken - len(room) >= 1:
                     chosen += room
                     taken += len(room)
         return np.sort(np.array(chosen, dtype=np.int64))
@@ -567,12 +602,16 @@ class NYUDepthV2DataModule(LightningDataModule):
         else:
             val = test
             val_origin = "the test split (no official validation split)"
-        for role, indices in (("train", train), ("test", test)):
+        for role, indices in (("train", train), ("val", val), ("test", test)):
             if len(indices) == 0:
+                remedy = (
+                    f"raise val_fraction={self.val_fraction}, or set it to 0 to validate on the test split"
+                    if role == "val"
+                    else "give splits_path, or data with more rooms per class"
+                )
                 raise ValueError(
                     f"NYUDepthV2DataModule: the {role} split of '{self.path}' is empty ({origin}). A seeded split "
-                    "keeps each room on one side and never moves a class's last room: give splits_path, or data "
-                    "with more rooms per class."
+                    f"keeps each room on one side and never moves a class's last room: {remedy}."
                 )
         self.splits = {"train": train, "val": val, "test": test}
         if self.cache:
@@ -594,7 +633,9 @@ class NYUDepthV2DataModule(LightningDataModule):
         # h5py fancy indexing needs increasing indices; the splits are sorted
         return {name: self.data.read(name, np.s_[indices.tolist()]) for name in ("images", "depths")}
 
-    def _dataset(self, role: str, transform: JointTransform | None, with_targets: bool = True) -> NYUDepthV2Dataset:
+    def _dataset(
+        self, role: str, transform: JointTransform | None, with_targets: bool = True, normalized: bool = True
+    ) -> NYUDepthV2Dataset:
         if not self.splits or self.labels is None:
             raise RuntimeError("Call setup() before requesting a dataloader.")
         indices = self.splits[role]
@@ -605,9 +646,10 @@ class NYUDepthV2DataModule(LightningDataModule):
             transform,
             self.depth_encoding,
             self.min_depth,
-            self.normalization(),
+            self.normalization() if normalized else None,
             self._cache.get(role),
             with_targets,
+            self.image_size,
         )
 
     def normalization(self) -> dict[str, tuple[Tensor, Tensor]]:
@@ -623,7 +665,7 @@ class NYUDepthV2DataModule(LightningDataModule):
         return {name: (torch.tensor(mean), torch.tensor(std)) for name, (mean, std) in self.statistics.items()}
 
     def _training_statistics(self) -> dict[str, tuple[list[float], list[float]]]:
-        raw = self._dataset_unnormalized("train")
+        raw = self._dataset("train", None, normalized=False)
         sums: dict[str, Tensor] = {}
         squares: dict[str, Tensor] = {}
         count = 0
@@ -648,20 +690,6 @@ class NYUDepthV2DataModule(LightningDataModule):
         if self.rgb_statistics == "imagenet":
             statistics["rgb"] = (list(IMAGENET_MEAN), list(IMAGENET_STD))
         return {name: statistics[name] for name in ("rgb", "depth")}
-
-    def _dataset_unnormalized(self, role: str) -> NYUDepthV2Dataset:
-        assert self.labels is not None
-        indices = self.splits[role]
-        return NYUDepthV2Dataset(
-            self.data,
-            indices,
-            self.labels[indices],
-            None,
-            self.depth_encoding,
-            self.min_depth,
-            None,
-            self._cache.get(role),
-        )
 
     def state_dict(self) -> dict[str, object]:
         """The normalisation statistics (saved in checkpoints, so evaluation uses the training ones)."""

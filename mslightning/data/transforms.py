@@ -39,7 +39,10 @@ class JointTransform:
             None: no geometric change.
         photometric: Stream name -> a transform of that stream's ``(C, H, W)`` tensor alone,
             applied after the geometry (e.g. ``{"rgb": v2.ColorJitter(0.4, 0.4, 0.4)}``). Streams
-            not named get none.
+            not named get none. torchvision's photometric transforms take float images in
+            [0, 1] and clamp their output to it: give them unstandardised images
+            (:class:`~mslightning.data.NYUDepthV2DataModule` does; standardised or noise-like
+            streams would be flattened to [0, 1]).
 
     Raises:
         ValueError: If ``geometric`` or a photometric entry is not callable, or a photometric

@@ -153,6 +153,7 @@ def test_config_fits(config, tmp_path, monkeypatch):
     ("name", "run", "monitored"),
     [
         ("dual_stream/synthetic.yaml", "dual_stream_synthetic", "val/fused/acc"),
+        ("dual_stream/nyu_rgbd.yaml", "dual_stream_nyu_rgbd", "val/fused/acc"),  # on a mini file
         ("siamese/synthetic.yaml", "siamese_synthetic", "val/pair_acc"),
         ("convgru/synthetic.yaml", "convgru_synthetic", "val/corr"),
     ],

@@ -282,3 +282,34 @@ def test_hparams_hold_the_resolved_streams_and_rebuild_the_same_data(npz):
     assert all(np.array_equal(again.split_rows[s], dm.split_rows[s]) for s in dm.split_rows)
     with pytest.raises(ValueError, match=r"streams\['audio'\] = 4, but .*'audio' has shape \(36, 5\): 5 per sample"):
         FeatureStreamsDataModule(npz, streams={"audio": 4}, batch_size=4)
+
+
+def test_statistics_travel_in_the_state_dict_and_standardise_new_data(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.arange(40) % 2
+    first, second = tmp_path / "first.npz", tmp_path / "second.npz"
+    np.savez(first, audio=rng.normal(3.0, 2.0, size=(40, 4)), labels=labels)
+    np.savez(second, audio=rng.normal(-5.0, 0.5, size=(40, 4)), labels=labels)
+    trained = FeatureStreamsDataModule(first, batch_size=4)
+    trained.setup()
+    state = trained.state_dict()
+    evaluated = FeatureStreamsDataModule(second, batch_size=4)
+    evaluated.setup()  # Lightning's order: setup, then the checkpoint's state
+    evaluated.load_state_dict(state)
+    raw = np.load(second)["audio"][evaluated.split_rows["val"]]
+    expected = (raw - trained.mean["audio"].double().numpy()) / trained.std["audio"].double().numpy()
+    np.testing.assert_allclose(evaluated.datasets["val"].inputs["audio"].numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(evaluated.mean["audio"], trained.mean["audio"])
+
+
+def test_photometric_transforms_on_standardised_streams_warn(tmp_path):
+    from torchvision.transforms import v2
+
+    from mslightning.data import JointTransform
+
+    path = tmp_path / "images.npz"
+    np.savez(path, rgb=np.random.default_rng(0).random((40, 3, 8, 8)), labels=np.arange(40) % 2)
+    jitter = JointTransform(photometric={"rgb": v2.ColorJitter(brightness=0.2)})
+    with pytest.warns(UserWarning, match=r"photometric transforms for \['rgb'\] run on standardised values"):
+        FeatureStreamsDataModule(path, batch_size=4, train_transform=jitter)
+    FeatureStreamsDataModule(path, batch_size=4, train_transform=jitter, standardize=False)  # no warning

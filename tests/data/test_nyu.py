@@ -1,5 +1,6 @@
 """NYU Depth V2 from mini files in the real MATLAB v7.3 layout, written by hdf5storage (as MATLAB writes)."""
 
+import os
 from pathlib import Path
 
 import h5py
@@ -169,9 +170,34 @@ def test_batches_cache_and_workers_agree(mini):
         assert len(other) == len(batches[0])
         for (a, ta), (b, tb) in zip(batches[0], other, strict=True):
             assert torch.equal(ta, tb) and all(torch.equal(a[s], b[s]) for s in a)
-    assert not lazy.data.is_open or lazy.data.pid is not None  # the parent's handle is its own
     train_inputs, _ = next(iter(workers.train_dataloader()))
     assert train_inputs["depth"].shape == (4, 1, 8, 12)
+
+
+class _HandleOwners(torch.utils.data.Dataset):
+    """Reads a sample, then says which process holds the handle that read it."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, position):
+        self.dataset[position]
+        return os.getpid(), self.dataset.data.pid
+
+
+def test_every_worker_reads_through_its_own_handle(mini):
+    path, _ = mini
+    dm = NYUDepthV2DataModule(path, image_size=(8, 12), test_fraction=0.3)
+    dm.setup()  # the parent opened the file to read the labels
+    parent = os.getpid()
+    assert dm.data.is_open and dm.data.pid == parent
+    loader = torch.utils.data.DataLoader(_HandleOwners(dm._dataset("val", None)), batch_size=1, num_workers=2)
+    owners = {(int(pid), int(handle)) for pid, handle in loader}
+    assert len(owners) == 2 and all(pid == handle != parent for pid, handle in owners)
+    assert dm.data.is_open and dm.data.pid == parent  # the parent's handle untouched
 
 
 def test_joint_augmentation_keeps_rgb_and_depth_pixel_aligned(tmp_path):
@@ -369,3 +395,33 @@ def test_a_checkpoint_evaluates_with_the_training_statistics(mini, tmp_path, mon
     fresh = NYUDepthV2DataModule(path, **kwargs)
     Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).validate(model, fresh, ckpt_path=checkpoint)
     assert fresh.statistics["depth"] == trained.statistics["depth"]
+
+
+def test_repeated_scans_and_rooms_of_several_classes_stay_whole(tmp_path):
+    scenes = ["kitchen", "kitchen", "bedroom", "bedroom", "kitchen", "bedroom", "kitchen", "bedroom"] * 2
+    rooms = ["kitchen_0001a", "kitchen_0001b", "bedroom_0002a", "bedroom_0002b", "mixed_0003", "mixed_0003"]
+    rooms += [f"{scene}_{i + 10:04d}" for i, scene in enumerate(scenes[6:])]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (16, H, W, 3), dtype=np.uint8)
+    path = write_nyu_mat(tmp_path / "rooms.mat", images, np.ones((16, H, W)), scenes, rooms)
+    for seed in range(12):
+        dm = NYUDepthV2DataModule(path, test_fraction=0.4, seed=seed)
+        dm.setup()
+        train, test = set(dm.splits["train"].tolist()), set(dm.splits["test"].tolist())
+        for together in ({0, 1}, {2, 3}, {4, 5}):  # a repeated scan, and a room with a kitchen and a bedroom
+            assert together <= train or together <= test, (seed, together)
+
+
+def test_an_empty_validation_split_names_val_fraction(mini):
+    dm = NYUDepthV2DataModule(mini[0], val_fraction=0.01)
+    with pytest.raises(ValueError, match=r"the val split .* is empty .*raise val_fraction=0.01"):
+        dm.setup()
+
+
+def test_a_train_transform_must_return_image_size(mini):
+    dm = NYUDepthV2DataModule(mini[0], image_size=(8, 12), train_transform=JointTransform(v2.RandomHorizontalFlip()))
+    dm.setup()
+    with pytest.raises(
+        ValueError, match=r"train_transform returned 12 x 16 images, but the batches are image_size=\(8, 12\)"
+    ):
+        next(iter(dm.train_dataloader()))
