@@ -704,9 +704,9 @@ class NYUDepthV2DataModule(LightningDataModule):
             self.statistics = {name: (list(mean), list(std)) for name, (mean, std) in statistics.items()}
 
     def _loader(self, dataset: NYUDepthV2Dataset, shuffle: bool) -> DataLoader:
-        generator = _generator("shuffle", self.seed) if shuffle else None
         # a training split smaller than a batch still gives one batch
         drop_last = self.drop_last and len(dataset) > self.batch_size
+        generator = _generator("shuffle", self.seed)  # stream_loader uses it only when shuffling
         return stream_loader(dataset, self.batch_size, shuffle, generator, self.num_workers, drop_last)
 
     def train_dataloader(self) -> DataLoader:
